@@ -1,0 +1,5 @@
+"""`python -m rbee` runs the CLI."""
+
+from rbee.cli.main import main
+
+raise SystemExit(main())

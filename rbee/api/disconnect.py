@@ -1,0 +1,36 @@
+"""Stop work when the HTTP client goes away (for answers that are not streamed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from starlette.requests import Request
+
+__all__ = ["ClientGoneError", "until_disconnect"]
+
+T = TypeVar("T")
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _wait_disconnect(request: Request) -> None:
+    # The body has been read already, so the next ASGI message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    raise ClientGoneError
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (and raising ClientGoneError) if the client disconnects."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            watcher = tg.create_task(_wait_disconnect(request))
+            result = await work
+            watcher.cancel()
+    except* ClientGoneError:
+        raise ClientGoneError from None
+    return result

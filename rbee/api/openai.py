@@ -1,0 +1,287 @@
+"""The OpenAI request schema rbee accepts, parsed into frozen dataclasses.
+
+Parsing is pure: a dict in, a request or an ApiError (HTTP 4xx with OpenAI's error body, naming the
+field) out. The queen and the worker both parse every request, so a bad one never reaches an engine.
+Unknown fields are ignored, as OpenAI's own API does for most of them; fields whose meaning rbee
+cannot honour (n > 1, tools, logprobs, non-text content) are refused rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rbee.errors import ApiError
+
+__all__ = [
+    "MAX_STOP_SEQUENCES",
+    "ChatMessage",
+    "ChatRequest",
+    "CompletionRequest",
+    "SamplingParams",
+    "parse_chat_request",
+    "parse_completion_request",
+]
+
+MAX_STOP_SEQUENCES = 4
+_ROLES = frozenset({"system", "developer", "user", "assistant"})
+_MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample: OpenAI's fields with OpenAI's defaults."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a conversation, its content flattened to text."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A parsed `POST /v1/chat/completions`."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+    kind: Literal["chat"] = "chat"
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A parsed `POST /v1/completions`."""
+
+    model: str
+    prompt: str
+    sampling: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+    kind: Literal["completion"] = "completion"
+
+
+def _bad(param: str, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(key, f"{key} must be a number, got {_type_name(value)}", "invalid_type")
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise _bad(key, f"{key} must be between {lo:g} and {hi:g}, got {value!r}")
+    return float(value)
+
+
+def _integer(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(key, f"{key} must be an integer, got {_type_name(value)}", "invalid_type")
+    if not lo <= value <= hi:
+        raise _bad(key, f"{key} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _boolean(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _bad(key, f"{key} must be a boolean, got {_type_name(value)}", "invalid_type")
+    return value
+
+
+def _model(body: dict[str, Any]) -> str:
+    value = body.get("model")
+    if value is None:
+        raise _bad("model", "model is required", "missing_required_parameter")
+    if not isinstance(value, str) or not value:
+        raise _bad(
+            "model", f"model must be a non-empty string, got {_type_name(value)}", "invalid_type"
+        )
+    return value
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise _bad("stop", "stop must be a string or a list of strings", "invalid_type")
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise _bad("stop", f"stop takes at most {MAX_STOP_SEQUENCES} sequences, got {len(items)}")
+    if any(s == "" for s in items):
+        raise _bad("stop", "stop sequences must not be empty")
+    return tuple(items)
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    n = _integer(body, "n", 1, 128)
+    if n is not None and n > 1:
+        raise _bad("n", f"n > 1 is not supported yet (got {n}); send n separate requests")
+    for key in ("tools", "functions"):
+        if body.get(key):
+            raise _bad(key, f"{key} are not supported yet", "unsupported_parameter")
+    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
+        raise _bad("logprobs", "logprobs are not supported yet", "unsupported_parameter")
+    if body.get("echo") not in (None, False):
+        raise _bad("echo", "echo is not supported yet", "unsupported_parameter")
+    if body.get("suffix") not in (None, ""):
+        raise _bad("suffix", "suffix is not supported yet", "unsupported_parameter")
+    if body.get("best_of") not in (None, 1):
+        raise _bad("best_of", "best_of > 1 is not supported yet", "unsupported_parameter")
+    fmt = body.get("response_format")
+    if fmt is not None and fmt != {"type": "text"}:
+        raise _bad(
+            "response_format",
+            'only response_format {"type": "text"} is supported yet',
+            "unsupported_parameter",
+        )
+
+
+def _sampling(body: dict[str, Any]) -> SamplingParams:
+    max_tokens = _integer(body, "max_tokens", 1, 1 << 30)
+    max_completion = _integer(body, "max_completion_tokens", 1, 1 << 30)
+    return SamplingParams(
+        max_tokens=max_tokens if max_tokens is not None else max_completion,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        stop=_stop(body),
+        seed=_integer(body, "seed", -_MAX_SEED, _MAX_SEED),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+    )
+
+
+def _stream_options(body: dict[str, Any], stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise _bad("stream_options", "stream_options must be an object", "invalid_type")
+    if not stream:
+        raise _bad("stream_options", "stream_options is only allowed when stream is true")
+    return _boolean(options, "include_usage")
+
+
+def _content(index: int, value: Any) -> str:
+    param = f"messages[{index}].content"
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for j, part in enumerate(value):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else _type_name(part)
+                raise _bad(
+                    f"{param}[{j}]",
+                    f"only text content parts are supported, got {kind!r}",
+                    "unsupported_parameter",
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _bad(f"{param}[{j}].text", "text must be a string", "invalid_type")
+            parts.append(text)
+        return "".join(parts)
+    raise _bad(
+        param,
+        f"content must be a string or a list of text parts, got {_type_name(value)}",
+        "invalid_type",
+    )
+
+
+def _messages(body: dict[str, Any]) -> tuple[ChatMessage, ...]:
+    value = body.get("messages")
+    if value is None:
+        raise _bad("messages", "messages is required", "missing_required_parameter")
+    if not isinstance(value, list):
+        raise _bad("messages", f"messages must be a list, got {_type_name(value)}", "invalid_type")
+    if not value:
+        raise _bad("messages", "messages must not be empty")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise _bad(f"messages[{i}]", "each message must be an object", "invalid_type")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise _bad(
+                f"messages[{i}].role",
+                f"role must be one of {', '.join(sorted(_ROLES))}, got {role!r}",
+            )
+        out.append(
+            ChatMessage(
+                role="system" if role == "developer" else role,
+                content=_content(i, message.get("content")),
+            )
+        )
+    return tuple(out)
+
+
+def _require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {_type_name(body)}")
+    return body
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Parse the JSON body of a chat completion request."""
+    body = _require_object(body)
+    _refuse_unsupported(body)
+    stream = _boolean(body, "stream")
+    return ChatRequest(
+        model=_model(body),
+        messages=_messages(body),
+        sampling=_sampling(body),
+        stream=stream,
+        include_usage=_stream_options(body, stream),
+    )
+
+
+def parse_completion_request(body: Any) -> CompletionRequest:
+    """Parse the JSON body of a (legacy) text completion request."""
+    body = _require_object(body)
+    _refuse_unsupported(body)
+    stream = _boolean(body, "stream")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if prompt is None:
+        raise _bad("prompt", "prompt is required", "missing_required_parameter")
+    if not isinstance(prompt, str):
+        raise _bad(
+            "prompt",
+            "prompt must be a string (batches of prompts are not supported yet)",
+            "invalid_type",
+        )
+    return CompletionRequest(
+        model=_model(body),
+        prompt=prompt,
+        sampling=_sampling(body),
+        stream=stream,
+        include_usage=_stream_options(body, stream),
+    )

@@ -1,0 +1,114 @@
+"""Builders for OpenAI response objects (completions, chunks, usage, model lists)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+__all__ = ["Shape", "chunk", "completion", "model_list", "new_id", "usage", "usage_chunk"]
+
+Shape = Literal["chat", "completion"]
+
+
+def new_id(kind: Shape) -> str:
+    """A fresh response id in OpenAI's style."""
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's usage object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chunk(
+    kind: Shape,
+    rid: str,
+    created: int,
+    model: str,
+    *,
+    text: str | None = None,
+    role: bool = False,
+    finish_reason: str | None = None,
+    include_usage: bool = False,
+) -> dict[str, Any]:
+    """One streamed chunk with one choice carrying `text` (or the role, or the finish reason)."""
+    choice: dict[str, Any]
+    if kind == "chat":
+        delta: dict[str, Any] = {}
+        if role:
+            delta["role"] = "assistant"
+            delta["content"] = ""
+        if text is not None:
+            delta["content"] = text
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        obj = "text_completion"
+    out: dict[str, Any] = {
+        "id": rid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [choice],
+    }
+    if include_usage:
+        out["usage"] = None
+    return out
+
+
+def usage_chunk(
+    kind: Shape, rid: str, created: int, model: str, *, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    """The last chunk of a stream with `stream_options.include_usage`: no choices, the usage."""
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def completion(
+    kind: Shape,
+    model: str,
+    *,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict[str, Any]:
+    """A whole (non-streamed) chat or text completion."""
+    choice: dict[str, Any]
+    if kind == "chat":
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    return {
+        "id": new_id(kind),
+        "object": "chat.completion" if kind == "chat" else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def model_list(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """`GET /v1/models`: each entry gets OpenAI's `object` and `owned_by` fields."""
+    return {
+        "object": "list",
+        "data": [{"object": "model", "owned_by": "rbee", **m} for m in models],
+    }

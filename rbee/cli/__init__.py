@@ -1,0 +1,1 @@
+"""The `rbee` command: argument parsing and terminal output only."""

@@ -1,0 +1,104 @@
+"""Commands that run a role in this process or manage the queen daemon."""
+
+from __future__ import annotations
+
+import argparse
+
+from rbee.api.client import QueenClient
+from rbee.cli.output import emit, fetch_progress, note
+from rbee.config.settings import Paths
+from rbee.errors import QueenNotRunningError
+from rbee.hive.argv import WorkerSpec
+from rbee.models.sources import ensure_model
+from rbee.models.store import ModelStore
+from rbee.queen.daemon import read_record, run_queen, start_daemon, stop_daemon
+from rbee.queen.service import QueenOptions
+from rbee.worker.daemon import WorkerOptions, run_worker
+
+__all__ = ["queen_run", "queen_start", "queen_status", "queen_stop", "up", "worker_run"]
+
+
+def _spec(args: argparse.Namespace, model: str) -> WorkerSpec:
+    return WorkerSpec(
+        model=model,
+        engine=args.engine,
+        device=args.device,
+        ctx_size=args.ctx_size,
+        threads=args.threads,
+    )
+
+
+def up(args: argparse.Namespace, paths: Paths) -> int:
+    """Queen + local hive + one model, in the foreground; Ctrl+C stops everything."""
+    store = ModelStore(paths.models_dir)
+    if store.get(args.model) is None:
+        note(f"fetching model {args.model} (first run only)")
+        with fetch_progress() as progress:
+            ensure_model(store, args.model, progress=progress)
+    options = QueenOptions(
+        host=args.host, port=args.port, api_key=args.api_key, models=(_spec(args, args.model),)
+    )
+
+    def ready(url: str) -> None:
+        note(f"serving {args.model} at {url}/v1 (OpenAI-compatible); Ctrl+C stops everything")
+
+    note(f"starting the queen on {args.host}:{args.port} and a worker for {args.model}")
+    code = run_queen(paths, options, on_ready=ready)
+    note("stopped; no worker is left running")
+    return code
+
+
+def queen_run(args: argparse.Namespace, paths: Paths) -> int:
+    """The queen in the foreground (what the daemon runs)."""
+    options = QueenOptions(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        models=tuple(WorkerSpec(model=m) for m in args.model),
+    )
+    return run_queen(paths, options)
+
+
+def queen_start(args: argparse.Namespace, paths: Paths) -> int:
+    """Start the queen daemon and wait until it answers."""
+    options = QueenOptions(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        models=tuple(WorkerSpec(model=m) for m in args.model),
+    )
+    record = start_daemon(paths, options)
+    emit(f"queen started (pid {record.pid}) at {record.url}/v1; log {paths.logs_dir / 'queen.log'}")
+    return 0
+
+
+def queen_stop(args: argparse.Namespace, paths: Paths) -> int:
+    """Stop the queen daemon; it stops its workers first."""
+    record = stop_daemon(paths)
+    emit(f"queen stopped (pid {record.pid})")
+    return 0
+
+
+def queen_status(args: argparse.Namespace, paths: Paths) -> int:
+    """Print whether the queen runs, where, and what it serves."""
+    record = read_record(paths)
+    url = args.queen or (record.url if record else None)
+    if url is None:
+        raise QueenNotRunningError("the queen is not running (start it with `rbee queen start`)")
+    with QueenClient(url, api_key=args.api_key) as client:
+        health = client.health()
+    workers = health.get("workers", {})
+    models = ", ".join(health.get("models", [])) or "none"
+    emit(f"queen running (pid {health.get('pid')}) at {url}/v1")
+    emit(f"workers: {workers.get('ready', 0)} ready of {workers.get('total', 0)}; models: {models}")
+    return 0
+
+
+def worker_run(args: argparse.Namespace, paths: Paths) -> int:
+    """One worker in the foreground (what a hive runs)."""
+    options = WorkerOptions(
+        model=args.model, engine=args.engine, device=args.device, port=args.port,
+        ctx_size=args.ctx_size, threads=args.threads, ready_fd=args.ready_fd,
+        lifeline_fd=args.lifeline_fd, parent_pid=args.parent_pid,
+    )  # fmt: skip
+    return run_worker(paths, options)

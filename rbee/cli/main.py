@@ -1,0 +1,176 @@
+"""`rbee`: parse the command line, run one command, print one clear line on failure."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from rbee import __version__
+from rbee.cli import daemons, remote
+from rbee.cli.output import fail
+from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
+from rbee.errors import RbeeError
+from rbee.models.catalog import DEFAULT_MODEL_ID
+
+__all__ = ["build_parser", "main"]
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_worker_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="llamacpp", help="inference engine (default: llamacpp)")
+    p.add_argument("--device", default="cpu", help="cpu (cuda:N and metal:0 come with engines)")
+    p.add_argument("--ctx-size", type=_positive, default=4096, help="context tokens (4096)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="listen address (default 127.0.0.1; others need --api-key)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_QUEEN_PORT,
+        help=f"listen port (default {DEFAULT_QUEEN_PORT})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    parser = argparse.ArgumentParser(
+        prog="rbee", description="Every machine you can ssh into, one OpenAI-compatible endpoint."
+    )
+    parser.add_argument("--version", action="version", version=f"rbee {__version__}")
+    parser.add_argument(
+        "--config-dir", help="config directory (default: $RBEE_CONFIG_DIR or ~/.config/rbee)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="data directory: models, logs, pid files (default: "
+        "$RBEE_DATA_DIR or ~/.local/share/rbee)",
+    )
+    parser.add_argument(
+        "--queen",
+        metavar="URL",
+        default=os.environ.get("RBEE_QUEEN_URL"),
+        help=f"queen URL (default: the running queen, else http://127.0.0.1:{DEFAULT_QUEEN_PORT})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("RBEE_API_KEY"),
+        help="API key for the queen (default: $RBEE_API_KEY)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="run the queen, a local hive and a model in the foreground")
+    _add_serve_options(up)
+    up.add_argument(
+        "--model", default=DEFAULT_MODEL_ID, help=f"model to serve (default {DEFAULT_MODEL_ID})"
+    )
+    _add_worker_options(up)
+    up.set_defaults(handler=daemons.up)
+
+    queen = commands.add_parser("queen", help="start, stop or inspect the queen daemon")
+    queen_cmds = queen.add_subparsers(dest="queen_command", required=True, metavar="ACTION")
+    start = queen_cmds.add_parser("start", help="start the queen in the background")
+    _add_serve_options(start)
+    start.add_argument(
+        "--model", action="append", default=[], help="model to start a worker for (repeatable)"
+    )
+    start.set_defaults(handler=daemons.queen_start)
+    queen_cmds.add_parser("stop", help="stop the queen and everything it started").set_defaults(
+        handler=daemons.queen_stop
+    )
+    queen_cmds.add_parser(
+        "status", help="is the queen running, and what does it serve"
+    ).set_defaults(handler=daemons.queen_status)
+    run = queen_cmds.add_parser("run", help="run the queen in the foreground (what start runs)")
+    _add_serve_options(run)
+    run.add_argument("--model", action="append", default=[], help=argparse.SUPPRESS)
+    run.set_defaults(handler=daemons.queen_run)
+
+    worker = commands.add_parser("worker", help="start, list and stop workers")
+    worker_cmds = worker.add_subparsers(dest="worker_command", required=True, metavar="ACTION")
+    spawn = worker_cmds.add_parser("spawn", help="start a worker for a model")
+    spawn.add_argument("--model", required=True, help="model id, e.g. smollm2-135m")
+    _add_worker_options(spawn)
+    spawn.set_defaults(handler=remote.worker_spawn)
+    worker_cmds.add_parser("list", help="list workers").set_defaults(handler=remote.worker_list)
+    stop = worker_cmds.add_parser("stop", help="stop a worker")
+    stop.add_argument("worker_id", metavar="ID")
+    stop.set_defaults(handler=remote.worker_stop)
+    wrun = worker_cmds.add_parser("run", help="run a worker in the foreground (hives use this)")
+    wrun.add_argument("--model", required=True)
+    wrun.add_argument("--port", type=_port, default=0)
+    _add_worker_options(wrun)
+    wrun.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    wrun.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
+    wrun.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    wrun.set_defaults(handler=daemons.worker_run)
+
+    model = commands.add_parser("model", help="models in the catalog and the store")
+    model_cmds = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    model_cmds.add_parser("list", help="list known and stored models").set_defaults(
+        handler=remote.model_list
+    )
+
+    infer = commands.add_parser("infer", help="stream one answer to stdout")
+    infer.add_argument("--model", default=DEFAULT_MODEL_ID)
+    infer.add_argument("--prompt", required=True)
+    infer.add_argument("--max-tokens", type=_positive)
+    infer.add_argument("--temperature", type=float)
+    infer.add_argument("--seed", type=int)
+    infer.set_defaults(handler=remote.infer)
+    return parser
+
+
+def _configure_logging(verbose: bool, command: str) -> None:
+    daemon = command in {"queen", "worker"}
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO if daemon else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if daemon else "rbee: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose, args.command)
+    if args.command == "up" and not args.verbose:
+        logging.getLogger("rbee").setLevel(logging.INFO)
+    try:
+        paths = Paths.resolve(config_dir=args.config_dir, data_dir=args.data_dir)
+        status: int = args.handler(args, paths)
+    except RbeeError as err:
+        return fail(str(err))
+    except KeyboardInterrupt:
+        return 130
+    return status

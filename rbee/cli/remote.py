@@ -1,0 +1,118 @@
+"""Commands that talk to the queen's API (and `model list`, which reads the local store)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from rbee.api.client import QueenClient
+from rbee.cli.output import emit, note, table
+from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
+from rbee.models.catalog import CATALOG
+from rbee.models.store import ModelStore
+from rbee.queen.daemon import read_record
+
+__all__ = ["infer", "model_list", "worker_list", "worker_spawn", "worker_stop"]
+
+
+def _client(args: argparse.Namespace, paths: Paths) -> QueenClient:
+    record = read_record(paths)
+    url = args.queen or (record.url if record else f"http://127.0.0.1:{DEFAULT_QUEEN_PORT}")
+    return QueenClient(url, api_key=args.api_key)
+
+
+def worker_spawn(args: argparse.Namespace, paths: Paths) -> int:
+    """Ask the queen to start a worker, and wait until it serves."""
+    body: dict[str, Any] = {
+        "model": args.model,
+        "engine": args.engine,
+        "device": args.device,
+        "ctx_size": args.ctx_size,
+        "threads": args.threads,
+    }
+    with _client(args, paths) as client:
+        note(f"starting a worker for {args.model} (fetching the model first if needed)")
+        info = client.spawn(body)
+    emit(
+        f"worker {info['id']} ready: {info['model']} on {info['hive']} ({info['engine']}, "
+        f"{info['device']}, pid {info['pid']})"
+    )
+    return 0
+
+
+def worker_list(args: argparse.Namespace, paths: Paths) -> int:
+    """Print every worker the queen runs."""
+    with _client(args, paths) as client:
+        workers = client.workers()
+    if not workers:
+        emit("no workers (start one with `rbee worker spawn --model smollm2-135m`)")
+        return 0
+    now = time.time()
+    table(
+        ["ID", "HIVE", "MODEL", "ENGINE", "DEVICE", "STATE", "PID", "PORT", "UP"],
+        [
+            [
+                w["id"],
+                w["hive"],
+                w["model"],
+                w["engine"],
+                w["device"],
+                w["state"],
+                w["pid"],
+                w["port"] or "-",
+                f"{now - w['started_at']:.0f}s",
+            ]
+            for w in workers
+        ],
+    )
+    return 0
+
+
+def worker_stop(args: argparse.Namespace, paths: Paths) -> int:
+    """Stop one worker."""
+    with _client(args, paths) as client:
+        info = client.stop_worker(args.worker_id)
+    emit(f"worker {info['id']} stopped")
+    return 0
+
+
+def model_list(args: argparse.Namespace, paths: Paths) -> int:
+    """Print the catalog and what the local store holds."""
+    store = ModelStore(paths.models_dir)
+    stored = {m.id: m for m in store.list()}
+    rows = []
+    for model_id in sorted(set(CATALOG) | set(stored)):
+        spec, have = CATALOG.get(model_id), stored.get(model_id)
+        size = have.size if have else (spec.artifacts[0].size if spec else 0)
+        rows.append(
+            [
+                model_id,
+                have.format if have else "gguf",
+                f"{size / 1e6:.0f} MB",
+                "stored" if have else "not fetched",
+                spec.description if spec else have.source if have else "",
+            ]
+        )
+    table(["ID", "FORMAT", "SIZE", "STATE", "DESCRIPTION"], rows)
+    return 0
+
+
+def infer(args: argparse.Namespace, paths: Paths) -> int:
+    """Stream one chat answer to stdout as the tokens come."""
+    body: dict[str, Any] = {
+        "model": args.model,
+        "messages": [{"role": "user", "content": args.prompt}],
+    }
+    for key in ("max_tokens", "temperature", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    with _client(args, paths) as client:
+        for chunk in client.stream_chat(body):
+            for choice in chunk.get("choices", []):
+                text = choice.get("delta", {}).get("content")
+                if text:
+                    emit(text, end="")
+    emit()
+    return 0

@@ -1,0 +1,123 @@
+"""The one exception tree of rbee.
+
+    RbeeError                 anything rbee raises on purpose; the CLI prints `str(err)` on one line
+    ├── ConfigError           bad settings or config file (message names the file and line or key)
+    ├── ModelError            model catalog and store
+    │   ├── UnknownModelError   an id that is not in the catalog or the store
+    │   ├── ModelFetchError     the default model could not be downloaded or unpacked
+    │   └── ChecksumError       a stored file does not match its recorded sha256
+    ├── EngineError           an engine could not load a model or generate
+    ├── WorkerError           a worker process failed to start or died
+    ├── QueenError            talking to the queen
+    │   └── QueenNotRunningError
+    ├── PortInUseError        a listening port is taken
+    └── ApiError              an HTTP request was refused; carries the OpenAI error body fields
+
+Every error carries what an operator needs to act (file, field, host, command, stderr tail) in its
+message; none of them should ever reach a user as a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ApiError",
+    "ChecksumError",
+    "ConfigError",
+    "EngineError",
+    "ModelError",
+    "ModelFetchError",
+    "PortInUseError",
+    "QueenError",
+    "QueenNotRunningError",
+    "RbeeError",
+    "UnknownModelError",
+    "WorkerError",
+]
+
+
+class RbeeError(Exception):
+    """Base of every error rbee raises on purpose."""
+
+
+class ConfigError(RbeeError):
+    """A setting or config file is wrong; the message names the file and line or the key."""
+
+
+class ModelError(RbeeError):
+    """Model catalog or store problem."""
+
+
+class UnknownModelError(ModelError):
+    """A model id that is neither in the catalog nor in the store."""
+
+    def __init__(self, model: str, known: list[str]) -> None:
+        self.model = model
+        self.known = known
+        listing = ", ".join(known) if known else "none"
+        super().__init__(f"unknown model {model!r} (known models: {listing})")
+
+
+class ModelFetchError(ModelError):
+    """The default model could not be downloaded or unpacked."""
+
+
+class ChecksumError(ModelError):
+    """A stored model file does not match its recorded sha256."""
+
+
+class EngineError(RbeeError):
+    """An engine failed to load a model or to generate."""
+
+
+class WorkerError(RbeeError):
+    """A worker process failed to start, or died."""
+
+
+class QueenError(RbeeError):
+    """The queen refused a request or could not be reached."""
+
+
+class QueenNotRunningError(QueenError):
+    """Nothing answers at the queen's address."""
+
+
+class PortInUseError(RbeeError):
+    """A port rbee was asked to listen on is taken."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(f"port {port} on {host} is already in use (pick another with --port)")
+
+
+class ApiError(RbeeError):
+    """A refused HTTP request, shaped as OpenAI's error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        super().__init__(message)
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error body: {"error": {"message", "type", "param", "code"}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }

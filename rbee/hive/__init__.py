@@ -1,0 +1,1 @@
+"""The hive: the model store and the worker processes of one machine."""

@@ -1,0 +1,46 @@
+"""The command lines a hive runs: pure builders, so they can be checked with plain tables."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+__all__ = ["WorkerSpec", "worker_argv"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker should run."""
+
+    model: str
+    engine: str = "llamacpp"
+    device: str = "cpu"
+    ctx_size: int = 4096
+    threads: int = 0
+
+
+def worker_argv(
+    spec: WorkerSpec,
+    *,
+    data_dir: str,
+    ready_fd: int,
+    lifeline_fd: int,
+    parent_pid: int,
+    python: str = sys.executable,
+) -> list[str]:
+    """argv of `rbee worker run` for `spec`, reporting on `ready_fd`, watching `lifeline_fd`."""
+    argv = [
+        python, "-m", "rbee", "--data-dir", data_dir,
+        "worker", "run",
+        "--model", spec.model,
+        "--engine", spec.engine,
+        "--device", spec.device,
+        "--port", "0",
+        "--ctx-size", str(spec.ctx_size),
+        "--ready-fd", str(ready_fd),
+        "--lifeline-fd", str(lifeline_fd),
+        "--parent-pid", str(parent_pid),
+    ]  # fmt: skip
+    if spec.threads:
+        argv += ["--threads", str(spec.threads)]
+    return argv

@@ -1,0 +1,94 @@
+"""Listening sockets and uvicorn wiring shared by every role's daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from rbee.errors import ConfigError, PortInUseError
+
+__all__ = ["Server", "bind_tcp", "is_loopback", "uvicorn_server"]
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0 picks a free one); PortInUseError if taken."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be 0-65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ConfigError(f"cannot resolve listen address {host!r}: {err}") from err
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise PortInUseError(host, port) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, except that a SIGINT or SIGTERM that stops it is not re-raised after.
+
+    uvicorn re-raises the signal once `serve()` returns, which would kill the process before the
+    code after `serve()` (stopping workers TERM then KILL) could run. `signal_received` tells the
+    caller which signal stopped the server, if any.
+    """
+
+    signal_received: int | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(sig: int, frame: FrameType | None) -> None:
+            self.signal_received = sig
+            self.handle_exit(sig, frame)
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def uvicorn_server(app: ASGIApp, *, graceful: float, lifespan: str = "off") -> Server:
+    """A quiet uvicorn server for `app` (rbee logs what matters itself)."""
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan=lifespan,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=int(max(1, graceful)),
+        timeout_keep_alive=30,
+        server_header=False,
+    )
+    return Server(config)

@@ -1,0 +1,111 @@
+"""Process plumbing shared by the roles: parent-death signals, lifelines, stopping process groups.
+
+A child started by rbee must never outlive the process that started it (see DESIGN.md, "Cascading
+shutdown"). Three layers make that so: its own process group (so it can be stopped whole),
+`PR_SET_PDEATHSIG` on Linux (re-checked with getppid, since the parent may already be gone), and a
+lifeline pipe whose EOF means "your parent is gone" on every OS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["arm_parent_death_signal", "pid_alive", "stop_process_group", "watch_lifeline"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def arm_parent_death_signal(expected_parent: int | None, sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send `sig` when the parent dies; exit now if it is already gone."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    # The parent may have died between our fork and the prctl: then we were re-parented already.
+    if expected_parent is not None and os.getppid() != expected_parent:
+        log.warning("parent %d is gone before start; exiting", expected_parent)
+        raise SystemExit(1)
+
+
+def watch_lifeline(fd: int, on_eof: Callable[[], None]) -> Callable[[], None]:
+    """Call `on_eof` (on the running loop) once the lifeline pipe `fd` reaches EOF.
+
+    Returns a function that stops watching. The pipe carries no data; the parent holding its write
+    end is all it says, and the kernel closes that end whatever way the parent dies.
+    """
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            on_eof()
+
+    loop.add_reader(fd, readable)
+
+    def stop() -> None:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(fd)
+
+    return stop
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process `pid` exists and is not a zombie (an exited, unreaped process)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # The state letter follows the parenthesised command name, which may itself hold spaces.
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def stop_process_group(proc: asyncio.subprocess.Process, grace: float) -> int:
+    """TERM the process group led by `proc`, KILL it after `grace` seconds; return the exit code.
+
+    The whole group is signalled, so whatever the process started is stopped with it.
+    """
+    pgid = proc.pid
+    if proc.returncode is None:
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            log.warning("process %d ignored SIGTERM for %.1fs; killing its group", pgid, grace)
+            _signal_group(pgid, signal.SIGKILL)
+            await proc.wait()
+    # Anything left in the group (a grandchild that outlived its parent) goes too.
+    _signal_group(pgid, signal.SIGKILL)
+    assert proc.returncode is not None
+    return proc.returncode

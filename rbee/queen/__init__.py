@@ -1,0 +1,1 @@
+"""The queen: the OpenAI endpoint, the worker registry and scheduler, and the hives it runs."""

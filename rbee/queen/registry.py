@@ -1,0 +1,73 @@
+"""The queen's view of every worker on every hive, and of the requests each is serving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rbee.hive.supervisor import WorkerInfo
+from rbee.queen.scheduler import pick
+
+__all__ = ["Endpoint", "Registry"]
+
+
+@dataclass
+class Endpoint:
+    """A worker the queen can route to, with its live request counters."""
+
+    hive: str
+    info: WorkerInfo
+    outstanding: int = 0
+    dispatched: int = 0
+
+    @property
+    def id(self) -> str:
+        """The worker id."""
+        return self.info.id
+
+    @property
+    def url(self) -> str:
+        """The worker's base URL."""
+        url = self.info.url
+        assert url is not None, "only ready workers are routed to"
+        return url
+
+
+class Registry:
+    """Workers by id; hives report changes, the router asks for candidates."""
+
+    def __init__(self) -> None:
+        self._endpoints: dict[str, Endpoint] = {}
+
+    def update(self, hive: str, info: WorkerInfo) -> None:
+        """Record a worker's new state (an exited worker is forgotten)."""
+        if info.state == "exited":
+            self._endpoints.pop(info.id, None)
+            return
+        current = self._endpoints.get(info.id)
+        if current is None:
+            self._endpoints[info.id] = Endpoint(hive=hive, info=info)
+        else:
+            current.info = info
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every known worker."""
+        return list(self._endpoints.values())
+
+    def ready(self, model: str) -> list[Endpoint]:
+        """The workers ready to serve `model`."""
+        return [
+            e for e in self._endpoints.values() if e.info.model == model and e.info.state == "ready"
+        ]
+
+    def served_models(self) -> dict[str, int]:
+        """Each model with a ready worker, mapped to the smallest context among its workers."""
+        models: dict[str, int] = {}
+        for e in self._endpoints.values():
+            if e.info.state == "ready":
+                ctx = e.info.context_length
+                models[e.info.model] = min(models.get(e.info.model, ctx), ctx)
+        return dict(sorted(models.items()))
+
+    def choose(self, model: str, exclude: set[str]) -> Endpoint | None:
+        """The ready worker for `model` that should take the next request."""
+        return pick(self.ready(model), exclude)

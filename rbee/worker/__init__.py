@@ -1,0 +1,1 @@
+"""The worker: one model in one engine, serving the OpenAI API on loopback."""

@@ -1,0 +1,158 @@
+"""The worker's HTTP app: the OpenAI API for its one model, and /health."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rbee.api import responses, sse
+from rbee.api.disconnect import ClientGoneError, until_disconnect
+from rbee.api.http import EXCEPTION_HANDLERS, ClosingStreamingResponse, read_json
+from rbee.api.openai import (
+    ChatRequest,
+    CompletionRequest,
+    parse_chat_request,
+    parse_completion_request,
+)
+from rbee.engines.base import Finish, Prepared
+from rbee.errors import ApiError, EngineError
+from rbee.worker.runner import EngineRunner
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def create_app(runner: EngineRunner, model_id: str) -> Starlette:
+    """The worker app serving `model_id` through `runner`."""
+    started = int(time.time())
+
+    def check_model(name: str) -> None:
+        if name != model_id:
+            raise ApiError(
+                404,
+                f"the model {name!r} does not exist on this worker; it serves {model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    async def health(request: Request) -> Response:
+        stats = runner.stats
+        return JSONResponse(
+            {
+                "status": "ok",
+                "role": "worker",
+                "model": model_id,
+                "engine": runner.engine.name,
+                "context_length": runner.engine.context_length,
+                "stats": {
+                    "requests": stats.requests,
+                    "active": stats.active,
+                    "queued": stats.queued,
+                    "generated_tokens": stats.generated_tokens,
+                    "cancelled": stats.cancelled,
+                    "last_finish": stats.last_finish,
+                },
+            }
+        )
+
+    async def models(request: Request) -> Response:
+        entry = {"id": model_id, "created": started, "context_length": runner.engine.context_length}
+        return JSONResponse(responses.model_list([entry]))
+
+    async def generate(request: Request, parsed: ChatRequest | CompletionRequest) -> Response:
+        check_model(parsed.model)
+        prepared = await runner.prepare(parsed)
+        if parsed.stream:
+            return ClosingStreamingResponse(
+                _stream(runner, parsed, prepared),
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+            )
+        try:
+            text, finish = await until_disconnect(request, _collect(runner, prepared))
+        except ClientGoneError:
+            return Response(status_code=499)
+        body = responses.completion(
+            parsed.kind,
+            parsed.model,
+            text=text,
+            finish_reason=finish.reason,
+            prompt_tokens=finish.prompt_tokens,
+            completion_tokens=finish.completion_tokens,
+        )
+        return JSONResponse(body)
+
+    async def chat(request: Request) -> Response:
+        return await generate(request, parse_chat_request(await read_json(request)))
+
+    async def complete(request: Request) -> Response:
+        return await generate(request, parse_completion_request(await read_json(request)))
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", complete, methods=["POST"]),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+
+
+async def _collect(runner: EngineRunner, prepared: Prepared) -> tuple[str, Finish]:
+    parts: list[str] = []
+    async with contextlib.aclosing(runner.stream(prepared)) as pieces:
+        async for item in pieces:
+            if isinstance(item, Finish):
+                return "".join(parts), item
+            parts.append(item)
+    raise EngineError("generation ended without finishing")
+
+
+async def _stream(
+    runner: EngineRunner, parsed: ChatRequest | CompletionRequest, prepared: Prepared
+) -> AsyncIterator[bytes]:
+    kind, model = parsed.kind, parsed.model
+    rid, created = responses.new_id(kind), int(time.time())
+    with_usage = parsed.include_usage
+
+    def event(**fields: Any) -> bytes:
+        return sse.encode(
+            responses.chunk(kind, rid, created, model, include_usage=with_usage, **fields)
+        )
+
+    if kind == "chat":
+        yield event(role=True)
+    try:
+        async with contextlib.aclosing(runner.stream(prepared)) as pieces:
+            async for item in pieces:
+                if isinstance(item, Finish):
+                    yield event(text=None if kind == "chat" else "", finish_reason=item.reason)
+                    if with_usage:
+                        yield sse.encode(
+                            responses.usage_chunk(
+                                kind,
+                                rid,
+                                created,
+                                model,
+                                prompt_tokens=item.prompt_tokens,
+                                completion_tokens=item.completion_tokens,
+                            )
+                        )
+                    break
+                yield event(text=item)
+    except EngineError as err:
+        log.warning("stream %s failed: %s", rid, err)
+        yield sse.encode(ApiError(500, str(err), type="server_error").body())
+    yield sse.DONE

@@ -1,0 +1,130 @@
+"""`rbee worker run`: load one model, then serve it until told to stop or orphaned.
+
+The hive starts this with two pipes: it reads one line of JSON from the ready pipe once the model
+is loaded and the port is open (`{"port": N, "pid": P}`), and it holds the write end of the
+lifeline pipe; EOF on the lifeline (the hive died, however it died) stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+import uvicorn
+
+from rbee.config.settings import Paths, Timeouts
+from rbee.engines.base import Engine
+from rbee.errors import ConfigError, ModelError
+from rbee.models.store import ModelStore
+from rbee.net import bind_tcp, uvicorn_server
+from rbee.proc import arm_parent_death_signal, watch_lifeline
+from rbee.worker.app import create_app
+from rbee.worker.runner import EngineRunner
+
+__all__ = ["WorkerOptions", "load_engine", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What `rbee worker run` was asked to do."""
+
+    model: str
+    engine: str = "llamacpp"
+    device: str = "cpu"
+    host: str = "127.0.0.1"
+    port: int = 0
+    ctx_size: int = 4096
+    threads: int = 0
+    ready_fd: int | None = None
+    lifeline_fd: int | None = None
+    parent_pid: int | None = None
+
+
+def load_engine(paths: Paths, options: WorkerOptions) -> Engine:
+    """Check the stored model against its sha256, then load it in the chosen engine."""
+    store = ModelStore(paths.models_dir)
+    stored = store.get(options.model)
+    if stored is None:
+        raise ModelError(
+            f"model {options.model!r} is not in the store at {paths.models_dir}"
+            " (`rbee up` or `rbee worker spawn` fetch the default model)"
+        )
+    store.verify(stored)
+    if options.engine != "llamacpp":
+        raise ConfigError(f"engine {options.engine!r} is not available yet; use llamacpp")
+    if options.device != "cpu":
+        raise ConfigError(f"device {options.device!r} is not available on this machine; use cpu")
+    from rbee.engines.llamacpp import LlamaCppEngine  # noqa: PLC0415 - engines import lazily
+
+    threads = options.threads or max(1, os.cpu_count() or 1)
+    engine = LlamaCppEngine(stored.path, n_ctx=options.ctx_size, n_threads=threads)
+    engine.load()
+    return engine
+
+
+def run_worker(paths: Paths, options: WorkerOptions, timeouts: Timeouts = Timeouts()) -> int:
+    """Run a worker in this process until it is stopped; return the exit code."""
+    if options.parent_pid is not None:
+        arm_parent_death_signal(options.parent_pid)
+    engine = load_engine(paths, options)
+    sock = bind_tcp(options.host, options.port)
+    try:
+        asyncio.run(_serve(engine, options, sock, timeouts))
+    finally:
+        sock.close()
+        engine.close()
+    return 0
+
+
+def _arm_exit_watchdog(seconds: float) -> None:
+    # Once told to stop, a worker must be gone soon even if a generation refuses to end.
+    timer = threading.Timer(seconds, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()
+
+
+async def _serve(
+    engine: Engine, options: WorkerOptions, sock: socket.socket, timeouts: Timeouts
+) -> None:
+    async with EngineRunner(engine) as runner:
+        server = uvicorn_server(create_app(runner, options.model), graceful=timeouts.stop_grace)
+
+        def stop() -> None:
+            log.info("lifeline closed: the hive is gone, stopping")
+            server.should_exit = True
+            _arm_exit_watchdog(timeouts.stop_grace + 2)
+
+        unwatch = (
+            watch_lifeline(options.lifeline_fd, stop) if options.lifeline_fd is not None else None
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                announce = tg.create_task(_announce_ready(server, sock, options.ready_fd))
+                await server.serve(sockets=[sock])
+                announce.cancel()
+        finally:
+            if unwatch is not None:
+                unwatch()
+
+
+async def _announce_ready(server: uvicorn.Server, sock: socket.socket, fd: int | None) -> None:
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for "started"
+        await asyncio.sleep(0.005)
+    port = sock.getsockname()[1]
+    log.info("serving on 127.0.0.1:%d", port)
+    if fd is None:
+        return
+    line = json.dumps({"port": port, "pid": os.getpid()}) + "\n"
+    try:
+        os.write(fd, line.encode())
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -1,0 +1,141 @@
+"""Runs an engine on one dedicated thread and hands its tokens to asyncio.
+
+Engines are not thread-safe and block while they compute, so every generation runs on the runner's
+thread, one at a time, in arrival order (like mlx-lm's server: one generation thread, a queue per
+request). Each request gets an asyncio queue; the thread pushes pieces into it with
+`call_soon_threadsafe`. Leaving the async iterator early (a client that disconnected) sets the
+request's cancel flag, which the engine checks between tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal
+
+from rbee.api.openai import ChatRequest, CompletionRequest
+from rbee.engines.base import Engine, Finish, Prepared
+from rbee.errors import EngineError, RbeeError
+
+__all__ = ["EngineRunner", "RunnerStats"]
+
+log = logging.getLogger(__name__)
+
+_Item = str | Finish | BaseException
+
+
+@dataclass
+class RunnerStats:
+    """Counters a worker reports on /health (the tests watch them to see cancellation)."""
+
+    requests: int = 0
+    active: int = 0
+    queued: int = 0
+    generated_tokens: int = 0
+    cancelled: int = 0
+    last_finish: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    prepared: Prepared
+    cancel: threading.Event
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[_Item]
+
+
+class EngineRunner:
+    """Owns the engine thread; `stream()` runs one generation on it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.stats = RunnerStats()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._state: Literal["new", "running", "closed"] = "new"
+
+    async def __aenter__(self) -> EngineRunner:
+        if self._state != "new":
+            raise RbeeError("an EngineRunner cannot be reopened once it has been closed")
+        self._thread = threading.Thread(
+            target=self._work, name=f"engine-{self.engine.name}", daemon=True
+        )
+        self._thread.start()
+        self._state = "running"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._state = "closed"
+        self._jobs.put(None)
+        thread = self._thread
+        if thread is not None:
+            # A generation in progress was cancelled by its client going away; wait for it to
+            # notice, but never forever (the thread is a daemon and dies with the process).
+            await asyncio.to_thread(thread.join, 5.0)
+
+    async def prepare(self, request: ChatRequest | CompletionRequest) -> Prepared:
+        """Template and tokenize off the event loop (tokenizing reads the vocab only)."""
+        return await asyncio.to_thread(self.engine.prepare, request)
+
+    async def stream(self, prepared: Prepared) -> AsyncGenerator[str | Finish, None]:
+        """Yield the pieces of one generation, then its Finish."""
+        if self._state != "running":
+            raise EngineError("the engine is shutting down")
+        job = _Job(prepared, threading.Event(), asyncio.get_running_loop(), asyncio.Queue())
+        self.stats.requests += 1
+        self.stats.queued += 1
+        self._jobs.put(job)
+        try:
+            while True:
+                item = await job.out.get()
+                if isinstance(item, BaseException):
+                    raise EngineError(f"generation failed: {item}") from item
+                yield item
+                if isinstance(item, Finish):
+                    return
+        finally:
+            job.cancel.set()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self.stats.queued -= 1
+            if job.cancel.is_set():
+                continue
+            self.stats.active += 1
+            try:
+                self._run(job)
+            finally:
+                self.stats.active -= 1
+
+    def _run(self, job: _Job) -> None:
+        def put(item: _Item) -> None:
+            try:
+                job.loop.call_soon_threadsafe(job.out.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                job.cancel.set()
+
+        try:
+            for item in self.engine.generate(job.prepared, job.cancel):
+                if isinstance(item, Finish):
+                    self.stats.generated_tokens += item.completion_tokens
+                    if item.reason == "cancelled":
+                        self.stats.cancelled += 1
+                    self.stats.last_finish = {
+                        "reason": item.reason,
+                        "prompt_tokens": item.prompt_tokens,
+                        "completion_tokens": item.completion_tokens,
+                    }
+                put(item)
+        except Exception as err:
+            log.exception("generation failed")
+            put(err)
