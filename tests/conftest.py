@@ -129,17 +129,15 @@ def running_queen(
     argv = [sys.executable, "-m", "rbee", *global_args, "queen", "run", "--port", str(port), *extra]
     for m in models:
         argv += ["--model", m]
-    log = (paths.data_dir / "test-queen.log").open("wb")
-    proc = subprocess.Popen(argv, env=rbee_env(paths), stdout=log, stderr=subprocess.STDOUT)
+    log_path = paths.data_dir / "test-queen.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, env=rbee_env(paths), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while not healthy(url):
             if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(
-                    f"queen did not start: {(paths.data_dir / 'test-queen.log').read_text()}"
-                )
+                pytest.fail(f"queen did not start: {log_path.read_text()}")
             time.sleep(0.05)
         yield RunningQueen(proc=proc, url=url, paths=paths)
     finally:
@@ -150,7 +148,6 @@ def running_queen(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

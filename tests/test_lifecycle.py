@@ -51,7 +51,7 @@ def test_stream_disconnect_stops_generation(queen: RunningQueen) -> None:
     # The client is gone; the worker must notice within a token or two.
     wait_until(
         lambda: worker_stats(queen)["cancelled"] == before["cancelled"] + 1,
-        10,  # type: ignore[operator]
+        10,
         "the worker to cancel the generation",
     )
     last = worker_stats(queen)["last_finish"]
@@ -71,7 +71,7 @@ def test_non_stream_disconnect_stops_generation(queen: RunningQueen) -> None:
         )
     wait_until(
         lambda: worker_stats(queen)["cancelled"] == before["cancelled"] + 1,
-        10,  # type: ignore[operator]
+        10,
         "the worker to cancel the generation",
     )
     last = worker_stats(queen)["last_finish"]
@@ -108,13 +108,13 @@ def test_queen_stop_leaves_no_worker(paths: Paths) -> None:
 
 def _start_up(paths: Paths) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    log = (paths.data_dir / "up.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rbee", "up", "--port", str(port)],
-        env=rbee_env(paths),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with (paths.data_dir / "up.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rbee", "up", "--port", str(port)],
+            env=rbee_env(paths),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: healthy(url) or proc.poll() is not None, 120, "rbee up to serve")
     assert proc.poll() is None, (paths.data_dir / "up.log").read_text()

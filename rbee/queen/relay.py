@@ -111,17 +111,27 @@ class Relay:
                 timeout=httpx.USE_CLIENT_DEFAULT if stream else self._whole_answer_timeout(),
             )
             try:
-                upstream = await client.send(upstream_request, stream=True)
-            except httpx.TransportError as err:
+                if stream:
+                    upstream = await client.send(upstream_request, stream=True)
+                else:
+                    # A whole answer arrives only when generation ends: watch the client meanwhile.
+                    upstream = await until_disconnect(request, client.send(upstream_request))
+            except (httpx.ConnectError, httpx.ConnectTimeout) as err:
                 await release()
                 log.warning("worker %s unreachable (%r); trying another", endpoint.id, err)
                 continue
+            except ClientGoneError:
+                await release()
+                return Response(status_code=499)
+            except httpx.HTTPError as err:
+                await release()
+                raise ApiError(
+                    502, f"worker {endpoint.id} failed: {err!r}", type="server_error"
+                ) from err
             if stream and upstream.status_code == 200:
                 return RelayResponse(upstream, _closer(upstream, release), endpoint.id)
             try:
-                body = await until_disconnect(request, upstream.aread())
-            except ClientGoneError:
-                return Response(status_code=499)
+                body = await upstream.aread()
             except httpx.HTTPError as err:
                 raise ApiError(
                     502, f"worker {endpoint.id} failed: {err!r}", type="server_error"
