@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+
 import httpx
 import openai
 import pytest
@@ -14,13 +16,15 @@ MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "Name three colors
 
 
 @pytest.fixture
-def client(queen: RunningQueen) -> openai.OpenAI:
-    return openai.OpenAI(base_url=queen.base_url, api_key="unused", max_retries=0)
+def client(queen: RunningQueen) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=queen.base_url, api_key="unused", max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture
-def aclient(queen: RunningQueen) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=queen.base_url, api_key="unused", max_retries=0)
+async def aclient(queen: RunningQueen) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=queen.base_url, api_key="unused", max_retries=0) as c:
+        yield c
 
 
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
@@ -163,7 +167,6 @@ async def test_async_client_stream_and_whole(aclient: openai.AsyncOpenAI) -> Non
     )
     assert text
     assert whole.choices[0].message.content == text
-    await aclient.close()
 
 
 def test_unknown_model_is_404_listing_models(client: openai.OpenAI) -> None:
