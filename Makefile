@@ -34,6 +34,7 @@ pytest: setup
 test: lint typecheck pytest
 
 bench: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/relay.py
 
 clean:

@@ -37,10 +37,14 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
         raise ConfigError(f"cannot resolve listen address {host!r}: {err}") from err
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, _, proto, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Streamed tokens are small writes: with Nagle's algorithm on, each waits for the
+        # client's delayed ACK (~40 ms). Accepted sockets inherit this on Linux, and asyncio only
+        # sets it itself for sockets created with IPPROTO_TCP.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(addr)
         sock.listen(2048)
     except OSError as err:

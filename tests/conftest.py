@@ -21,6 +21,7 @@ from rbee.models.catalog import DEFAULT_MODEL_ID
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore
 from rbee.proc import pid_alive
+from tests import http
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = DEFAULT_MODEL_ID
@@ -97,7 +98,7 @@ class RunningQueen:
 
     def workers(self) -> list[dict[str, object]]:
         """The queen's worker list."""
-        data: list[dict[str, object]] = httpx.get(f"{self.url}/v1/workers").json()["data"]
+        data: list[dict[str, object]] = http.get(f"{self.url}/v1/workers").json()["data"]
         return data
 
 
@@ -115,7 +116,7 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
 def healthy(url: str) -> bool:
     """True once `url`/health answers 200."""
     try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        return http.get(f"{url}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 

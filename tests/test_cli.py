@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import socket
 
-import httpx
 import openai
 import pytest
 
 from rbee.config.settings import Paths
+from tests import http
 from tests.conftest import MODEL, RunningQueen, free_port, rbee, running_queen
 
 pytestmark = pytest.mark.slow
@@ -118,11 +118,11 @@ def test_infer_and_errors_against_a_running_queen(queen: RunningQueen) -> None:
 
 def test_api_key_is_required_when_set(paths: Paths) -> None:
     with running_queen(paths, models=(), global_args=("--api-key", "s3cret")) as q:
-        assert httpx.get(f"{q.url}/health").status_code == 200
-        r = httpx.get(f"{q.base_url}/models")
+        assert http.get(f"{q.url}/health").status_code == 200
+        r = http.get(f"{q.base_url}/models")
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "invalid_api_key"
-        wrong = httpx.get(f"{q.base_url}/models", headers={"authorization": "Bearer nope"})
+        wrong = http.get(f"{q.base_url}/models", headers={"authorization": "Bearer nope"})
         assert wrong.status_code == 401
         with openai.OpenAI(base_url=q.base_url, api_key="s3cret", max_retries=0) as client:
             assert client.models.list().data == []

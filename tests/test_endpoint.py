@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import openai
 import pytest
 
+from tests import http
 from tests.conftest import MODEL, RunningQueen
 
 pytestmark = pytest.mark.slow
@@ -206,7 +206,7 @@ def test_bad_fields_are_400_naming_the_field(
 
 def test_prompt_over_context_is_400(queen: RunningQueen) -> None:
     long_prompt = "word " * 6000
-    r = httpx.post(
+    r = http.post(
         f"{queen.base_url}/completions",
         json={"model": MODEL, "prompt": long_prompt, "max_tokens": 4},
     )
@@ -216,36 +216,36 @@ def test_prompt_over_context_is_400(queen: RunningQueen) -> None:
 
 def test_malformed_json_and_oversized_bodies(queen: RunningQueen) -> None:
     url = f"{queen.base_url}/chat/completions"
-    r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    r = http.post(url, content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert "not valid JSON" in r.json()["error"]["message"]
     big = b'{"model": "x", "pad": "' + b"a" * (1 << 20) + b'"}'
-    r = httpx.post(url, content=big, headers={"content-type": "application/json"})
+    r = http.post(url, content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "request_too_large"
 
 
 def test_bad_requests_never_reach_the_engine(queen: RunningQueen) -> None:
     worker = queen.workers()[0]
-    before = httpx.get(f"{worker['url']}/health").json()["stats"]["requests"]
+    before = http.get(f"{worker['url']}/health").json()["stats"]["requests"]
     for body in (
         {"model": MODEL, "messages": MESSAGES, "n": 3},
         {"model": MODEL, "messages": MESSAGES, "temperature": -1},
         {"model": MODEL, "messages": MESSAGES, "max_tokens": 10**6},
         {"model": "nope", "messages": MESSAGES},
     ):
-        assert httpx.post(f"{queen.base_url}/chat/completions", json=body).status_code in {400, 404}
-    after = httpx.get(f"{worker['url']}/health").json()["stats"]["requests"]
+        assert http.post(f"{queen.base_url}/chat/completions", json=body).status_code in {400, 404}
+    after = http.get(f"{worker['url']}/health").json()["stats"]["requests"]
     assert after == before
 
 
 def test_health_and_unknown_paths(queen: RunningQueen) -> None:
-    health = httpx.get(f"{queen.url}/health").json()
+    health = http.get(f"{queen.url}/health").json()
     assert health["role"] == "queen"
     assert health["models"] == [MODEL]
-    r = httpx.get(f"{queen.base_url}/nothing-here")
+    r = http.get(f"{queen.base_url}/nothing-here")
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "not_found"
     worker = queen.workers()[0]
-    wh = httpx.get(f"{worker['url']}/health").json()
+    wh = http.get(f"{worker['url']}/health").json()
     assert (wh["role"], wh["model"], wh["engine"]) == ("worker", MODEL, "llamacpp")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from rbee.config.settings import Paths
 from rbee.proc import pid_alive
+from tests import http
 from tests.conftest import (
     MODEL,
     RunningQueen,
@@ -31,13 +34,13 @@ COUNTING = {"model": MODEL, "prompt": "Count from 1 to 1000: 1, 2, 3, 4,", "temp
 
 def worker_stats(queen: RunningQueen) -> dict[str, object]:
     worker = queen.workers()[0]
-    stats: dict[str, object] = httpx.get(f"{worker['url']}/health").json()["stats"]
+    stats: dict[str, object] = http.get(f"{worker['url']}/health").json()["stats"]
     return stats
 
 
 def test_stream_disconnect_stops_generation(queen: RunningQueen) -> None:
     before = worker_stats(queen)
-    with httpx.stream(
+    with http.stream(
         "POST",
         f"{queen.base_url}/completions",
         json={**COUNTING, "max_tokens": 2000, "stream": True},
@@ -64,7 +67,7 @@ def test_stream_disconnect_stops_generation(queen: RunningQueen) -> None:
 def test_non_stream_disconnect_stops_generation(queen: RunningQueen) -> None:
     before = worker_stats(queen)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
+        http.post(
             f"{queen.base_url}/completions",
             json={**COUNTING, "max_tokens": 2000},
             timeout=httpx.Timeout(0.5, connect=5),
@@ -106,7 +109,9 @@ def test_queen_stop_leaves_no_worker(paths: Paths) -> None:
     assert "not running" in after.stderr
 
 
-def _start_up(paths: Paths) -> tuple[subprocess.Popen[bytes], str]:
+@contextlib.contextmanager
+def rbee_up(paths: Paths) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`rbee up` as a child process; killed after the test if the test left it running."""
     port = free_port()
     with (paths.data_dir / "up.log").open("wb") as log:
         proc = subprocess.Popen(
@@ -116,22 +121,29 @@ def _start_up(paths: Paths) -> tuple[subprocess.Popen[bytes], str]:
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: healthy(url) or proc.poll() is not None, 120, "rbee up to serve")
-    assert proc.poll() is None, (paths.data_dir / "up.log").read_text()
-    wait_until(lambda: len(worker_pids(paths)) == 1, 30, "the worker to start")
-    return proc, url
+    try:
+        wait_until(lambda: healthy(url) or proc.poll() is not None, 120, "rbee up to serve")
+        assert proc.poll() is None, (paths.data_dir / "up.log").read_text()
+        wait_until(lambda: len(worker_pids(paths)) == 1, 30, "the worker to start")
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in worker_pids(paths):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_rbee_up_stops_everything(paths: Paths, sig: signal.Signals) -> None:
-    proc, url = _start_up(paths)
-    r = httpx.post(f"{url}/v1/completions", json={**COUNTING, "max_tokens": 4})
-    assert r.status_code == 200
-    pids = worker_pids(paths)
-    proc.send_signal(sig)
-    assert proc.wait(30) == 0
-    assert worker_pids(paths) == []
-    assert not any(pid_alive(p) for p in pids)
+    with rbee_up(paths) as (proc, url):
+        r = http.post(f"{url}/v1/completions", json={**COUNTING, "max_tokens": 4})
+        assert r.status_code == 200
+        pids = worker_pids(paths)
+        proc.send_signal(sig)
+        assert proc.wait(30) == 0
+        assert worker_pids(paths) == []
+        assert not any(pid_alive(p) for p in pids)
     output = (paths.data_dir / "up.log").read_text()
     assert "no worker is left running" in output
     assert "Traceback" not in output
@@ -140,11 +152,11 @@ def test_signal_to_rbee_up_stops_everything(paths: Paths, sig: signal.Signals) -
 def test_sigkill_of_the_hive_takes_its_workers(paths: Paths) -> None:
     # In integrated mode the hive lives in the queen process: SIGKILL gives it no chance to
     # clean up, so the workers' own layers (PDEATHSIG, lifeline) must end them.
-    proc, _ = _start_up(paths)
-    pids = worker_pids(paths)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    wait_until(lambda: not any(pid_alive(p) for p in pids), 5, "the orphaned worker to exit")
+    with rbee_up(paths) as (proc, _):
+        pids = worker_pids(paths)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 5, "the orphaned worker to exit")
 
 
 def test_lifeline_alone_stops_a_worker(paths: Paths) -> None:
