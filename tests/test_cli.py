@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
 import openai
 import pytest
 
 from rbee.config.settings import Paths
 from tests import http
-from tests.conftest import MODEL, RunningQueen, free_port, rbee, running_queen
+from tests.conftest import (
+    MODEL,
+    RunningQueen,
+    free_port,
+    make_paths,
+    rbee,
+    running_queen,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +144,16 @@ def test_api_key_is_required_when_set(paths: Paths) -> None:
         listed = rbee(paths, "--queen", q.url, "--api-key", "s3cret", "worker", "list")
         assert listed.returncode == 0, listed.stderr
         one_line_error(rbee(paths, "--queen", q.url, "worker", "list"), "API key")
+
+
+def test_a_corrupted_model_stops_rbee_up_with_one_line(tmp_path: Path, model_cache: Path) -> None:
+    paths = make_paths(tmp_path, None)
+    folder = paths.models_dir / MODEL
+    folder.mkdir()
+    manifest = json.loads((model_cache / MODEL / "manifest.json").read_text())
+    (folder / manifest["filename"]).symlink_to(model_cache / MODEL / manifest["filename"])
+    manifest["sha256"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = rbee(paths, "up", "--port", str(free_port()))
+    one_line_error(result, "exited with status 1 before it was ready", "sha256")
+    assert worker_pids(paths) == []

@@ -64,13 +64,16 @@ class _Worker:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def _tail(path: Path) -> str:
+def _tail(path: Path, lines: int = 3) -> str:
+    """The last few non-empty lines of a log, on one line (errors are printed as one line)."""
     try:
         with path.open("rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - _LOG_TAIL))
-            return f.read().decode(errors="replace").strip()
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
+    kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(kept)
 
 
 class Supervisor:
@@ -111,8 +114,11 @@ class Supervisor:
         try:
             await self.stop_all()
         finally:
+            # Every watcher ends once its worker has exited. The exception that brought us here
+            # (if any) is not handed to the task group, which would wrap it in an ExceptionGroup:
+            # it propagates as it is once we return.
             assert self._tg is not None
-            await self._tg.__aexit__(exc_type, exc, tb)
+            await self._tg.__aexit__(None, None, None)
 
     def workers(self) -> list[WorkerInfo]:
         """Every worker this supervisor started and has not forgotten, oldest first."""
