@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import ipaddress
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from types import FrameType
+from typing import Any, TypeVar
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from rbee.errors import ConfigError, PortInUseError
 
-__all__ = ["Server", "bind_tcp", "is_loopback", "uvicorn_server"]
+__all__ = ["Server", "bind_tcp", "is_loopback", "run_event_loop", "uvicorn_server"]
 
 
 def is_loopback(host: str) -> bool:
@@ -96,3 +98,16 @@ def uvicorn_server(app: ASGIApp, *, graceful: float, lifespan: str = "off") -> S
         server_header=False,
     )
     return Server(config)
+
+
+T = TypeVar("T")
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a daemon's top coroutine, on uvloop where it is installed (less CPU per request)."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional: absent on Windows
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

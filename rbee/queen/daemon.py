@@ -28,7 +28,7 @@ import httpx
 from rbee.config.settings import Paths, Timeouts
 from rbee.errors import ConfigError, QueenError, QueenNotRunningError
 from rbee.fsutil import atomic_write_text
-from rbee.net import bind_tcp, is_loopback, uvicorn_server
+from rbee.net import bind_tcp, is_loopback, run_event_loop, uvicorn_server
 from rbee.proc import pid_alive
 from rbee.queen.app import create_app
 from rbee.queen.service import Queen, QueenOptions
@@ -97,7 +97,7 @@ def run_queen(
     url = f"http://{display_host}:{port}"
     state = _state_path(paths)
     try:
-        return asyncio.run(
+        return run_event_loop(
             _serve(paths, options, timeouts=timeouts, sock=sock, url=url, on_ready=on_ready)
         )
     finally:

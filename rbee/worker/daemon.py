@@ -22,12 +22,12 @@ from rbee.config.settings import Paths, Timeouts
 from rbee.engines.base import Engine
 from rbee.errors import ConfigError, ModelError
 from rbee.models.store import ModelStore
-from rbee.net import bind_tcp, uvicorn_server
+from rbee.net import bind_tcp, run_event_loop, uvicorn_server
 from rbee.proc import arm_parent_death_signal, watch_lifeline
 from rbee.worker.app import create_app
 from rbee.worker.runner import EngineRunner
 
-__all__ = ["WorkerOptions", "load_engine", "run_worker"]
+__all__ = ["WorkerOptions", "build_engine", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ class WorkerOptions:
     parent_pid: int | None = None
 
 
-def load_engine(paths: Paths, options: WorkerOptions) -> Engine:
-    """Check the stored model against its sha256, then load it in the chosen engine."""
+def build_engine(paths: Paths, options: WorkerOptions) -> Engine:
+    """Check the stored model against its sha256 and set up the chosen engine (not loaded yet)."""
     store = ModelStore(paths.models_dir)
     stored = store.get(options.model)
     if stored is None:
@@ -65,19 +65,17 @@ def load_engine(paths: Paths, options: WorkerOptions) -> Engine:
     from rbee.engines.llamacpp import LlamaCppEngine  # noqa: PLC0415 - engines import lazily
 
     threads = options.threads or max(1, os.cpu_count() or 1)
-    engine = LlamaCppEngine(stored.path, n_ctx=options.ctx_size, n_threads=threads)
-    engine.load()
-    return engine
+    return LlamaCppEngine(stored.path, n_ctx=options.ctx_size, n_threads=threads)
 
 
 def run_worker(paths: Paths, options: WorkerOptions, timeouts: Timeouts = Timeouts()) -> int:
     """Run a worker in this process until it is stopped; return the exit code."""
     if options.parent_pid is not None:
         arm_parent_death_signal(options.parent_pid)
-    engine = load_engine(paths, options)
+    engine = build_engine(paths, options)
     sock = bind_tcp(options.host, options.port)
     try:
-        asyncio.run(_serve(engine, options, sock, timeouts))
+        run_event_loop(_serve(engine, options, sock, timeouts))
     finally:
         sock.close()
         engine.close()

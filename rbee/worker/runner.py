@@ -5,13 +5,21 @@ thread, one at a time, in arrival order (like mlx-lm's server: one generation th
 request). Each request gets an asyncio queue; the thread pushes pieces into it with
 `call_soon_threadsafe`. Leaving the async iterator early (a client that disconnected) sets the
 request's cancel flag, which the engine checks between tokens.
+
+The thread loads the model itself, after lowering its own scheduling priority: the compute threads
+the engine starts (OpenMP's pool, created by the first thread that computes) inherit that
+priority, so when every core is busy generating, this worker's event loop, which sends the tokens,
+still gets a core the moment it wakes. (Other processes, the queen among them, sit in other
+scheduling groups and share the machine fairly whatever the niceness.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import sys
 import threading
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -22,11 +30,25 @@ from rbee.api.openai import ChatRequest, CompletionRequest
 from rbee.engines.base import Engine, Finish, Prepared
 from rbee.errors import EngineError, RbeeError
 
-__all__ = ["EngineRunner", "RunnerStats"]
+__all__ = ["COMPUTE_NICENESS", "EngineRunner", "RunnerStats"]
 
 log = logging.getLogger(__name__)
 
 _Item = str | Finish | BaseException
+
+COMPUTE_NICENESS = 5
+"""How much lower than the I/O threads' the compute threads' priority is (a nice increment)."""
+
+
+def _lower_this_threads_priority(increment: int) -> None:
+    # Linux schedules threads individually: PRIO_PROCESS with a thread id affects that thread only
+    # (and threads it creates later). Elsewhere this would lower the whole process: skip it.
+    if increment and sys.platform.startswith("linux"):
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+        except OSError as err:
+            log.warning("could not lower the engine thread's priority: %s", err)
 
 
 @dataclass
@@ -52,8 +74,10 @@ class _Job:
 class EngineRunner:
     """Owns the engine thread; `stream()` runs one generation on it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, niceness: int = COMPUTE_NICENESS) -> None:
         self.engine = engine
+        self._niceness = niceness
+        self._loaded: asyncio.Future[None] | None = None
         self.stats = RunnerStats()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -62,11 +86,21 @@ class EngineRunner:
     async def __aenter__(self) -> EngineRunner:
         if self._state != "new":
             raise RbeeError("an EngineRunner cannot be reopened once it has been closed")
+        loop = asyncio.get_running_loop()
+        self._loaded = loop.create_future()
         self._thread = threading.Thread(
-            target=self._work, name=f"engine-{self.engine.name}", daemon=True
+            target=self._work,
+            args=(loop, self._loaded),
+            name=f"engine-{self.engine.name}",
+            daemon=True,
         )
         self._thread.start()
         self._state = "running"
+        try:
+            await self._loaded
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(
@@ -106,7 +140,14 @@ class EngineRunner:
         finally:
             job.cancel.set()
 
-    def _work(self) -> None:
+    def _work(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future[None]) -> None:
+        _lower_this_threads_priority(self._niceness)
+        try:
+            self.engine.load()
+        except BaseException as err:
+            loop.call_soon_threadsafe(loaded.set_exception, err)
+            return
+        loop.call_soon_threadsafe(loaded.set_result, None)
         while (job := self._jobs.get()) is not None:
             self.stats.queued -= 1
             if job.cancel.is_set():
