@@ -1,0 +1,149 @@
+"""Hardware facts of a hive's machine: a script that gathers them and a pure parser.
+
+The script runs with the machine's own Python (`python3 -c FACTS_SCRIPT`, locally or over SSH,
+before rbee is installed there) and prints one JSON object of raw readings; `parse_facts` turns
+that into a frozen `Facts`. Keeping the reading dumb and the parsing pure lets the parser be tested
+with plain tables (nvidia-smi output included) on machines without the hardware.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from rbee.errors import RbeeError
+
+__all__ = ["FACTS_SCRIPT", "NVIDIA_SMI_QUERY", "Facts", "Gpu", "local_facts", "parse_facts",
+           "parse_nvidia_smi"]  # fmt: skip
+
+NVIDIA_SMI_QUERY = [
+    "nvidia-smi",
+    "--query-gpu=index,name,memory.total,memory.free,driver_version",
+    "--format=csv,noheader,nounits",
+]
+
+FACTS_SCRIPT = r"""
+import importlib.util, json, os, platform, shutil, subprocess, sys
+def run(argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+f = {"os": platform.system().lower(), "arch": platform.machine(), "hostname": platform.node(),
+     "python": platform.python_version(), "python_path": sys.executable,
+     "cpu_count": os.cpu_count() or 1, "mem_total": None, "mem_available": None}
+if f["os"] == "linux":
+    try:
+        info = dict(l.split(":", 1) for l in open("/proc/meminfo") if ":" in l)
+        f["mem_total"] = int(info["MemTotal"].split()[0]) * 1024
+        f["mem_available"] = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+elif f["os"] == "darwin":
+    out = run(["sysctl", "-n", "hw.memsize"])
+    f["mem_total"] = int(out) if out and out.strip().isdigit() else None
+    f["chip"] = (run(["sysctl", "-n", "machdep.cpu.brand_string"]) or "").strip() or None
+home = os.path.expanduser("~")
+f["disk_free"] = shutil.disk_usage(home).free
+f["nvidia_smi"] = run(NVIDIA_SMI) if shutil.which("nvidia-smi") else None
+f["engines"] = {m: importlib.util.find_spec(m) is not None
+                for m in ("llama_cpp", "exllamav2", "mlx")}
+print(json.dumps(f))
+""".replace("NVIDIA_SMI", repr(NVIDIA_SMI_QUERY))
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One NVIDIA GPU as nvidia-smi reports it (memory in bytes)."""
+
+    index: int
+    name: str
+    vram_total: int
+    vram_free: int
+    driver: str
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a hive knows about its machine."""
+
+    os: str
+    arch: str
+    hostname: str
+    python: str
+    python_path: str
+    cpu_count: int
+    mem_total: int | None
+    mem_available: int | None
+    disk_free: int
+    gpus: tuple[Gpu, ...]
+    apple_chip: str | None
+    engines: tuple[str, ...]
+
+    @property
+    def apple_silicon(self) -> bool:
+        """True on an Apple Silicon Mac (Metal, unified memory)."""
+        return self.os == "darwin" and self.arch == "arm64"
+
+
+def parse_nvidia_smi(text: str | None) -> tuple[Gpu, ...]:
+    """Parse `nvidia-smi --query-gpu=index,name,memory.total,memory.free,driver_version` CSV."""
+    gpus = []
+    for line in (text or "").splitlines():
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 5:
+            raise RbeeError(f"unexpected nvidia-smi line: {line!r}")
+        index, name, total, free, driver = fields
+        try:
+            gpus.append(Gpu(int(index), name, int(float(total)) << 20, int(float(free)) << 20,
+                            driver))  # fmt: skip
+        except ValueError as err:
+            raise RbeeError(f"unexpected nvidia-smi line: {line!r}") from err
+    return tuple(gpus)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_facts(text: str) -> Facts:
+    """Turn the facts script's JSON output into Facts; RbeeError if it is not that."""
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise TypeError("not an object")
+        engines = raw.get("engines") or {}
+        facts = Facts(
+            os=str(raw["os"]),
+            arch=str(raw["arch"]),
+            hostname=str(raw.get("hostname", "")),
+            python=str(raw["python"]),
+            python_path=str(raw.get("python_path", "")),
+            cpu_count=int(raw["cpu_count"]),
+            mem_total=_int_or_none(raw.get("mem_total")),
+            mem_available=_int_or_none(raw.get("mem_available")),
+            disk_free=int(raw.get("disk_free") or 0),
+            gpus=parse_nvidia_smi(raw.get("nvidia_smi")),
+            apple_chip=raw.get("chip") or None,
+            engines=tuple(sorted(k for k, v in engines.items() if v is True)),
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise RbeeError(
+            f"the facts script printed something unexpected ({err}): {text[:200]!r}"
+        ) from err
+    return facts
+
+
+def local_facts(python: str = sys.executable, timeout: float = 30.0) -> Facts:
+    """Facts of this machine, gathered the same way as on a remote hive."""
+    proc = subprocess.run(
+        [python, "-c", FACTS_SCRIPT], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        raise RbeeError(f"the facts script failed ({proc.returncode}): {proc.stderr[-500:]}")
+    return parse_facts(proc.stdout)
