@@ -69,5 +69,7 @@ def test_local_facts_are_this_machine() -> None:
     facts = local_facts()
     assert facts.cpu_count == os.cpu_count()
     assert facts.os == "linux"
-    assert facts.mem_total and facts.mem_available and facts.mem_total >= facts.mem_available
+    assert facts.mem_total is not None
+    assert facts.mem_available is not None
+    assert facts.mem_total >= facts.mem_available > 0
     assert "llama_cpp" in facts.engines

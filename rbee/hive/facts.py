@@ -115,8 +115,11 @@ def parse_facts(text: str) -> Facts:
     """Turn the facts script's JSON output into Facts; RbeeError if it is not that."""
     try:
         raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise TypeError("not an object")
+    except ValueError as err:
+        raise RbeeError(f"the facts script printed no JSON ({err}): {text[:200]!r}") from err
+    if not isinstance(raw, dict):
+        raise RbeeError(f"the facts script printed no JSON object: {text[:200]!r}")
+    try:
         engines = raw.get("engines") or {}
         facts = Facts(
             os=str(raw["os"]),
