@@ -11,6 +11,9 @@
     ├── QueenError            talking to the queen
     │   └── QueenNotRunningError
     ├── PortInUseError        a listening port is taken
+    ├── SshError              reaching or running something on a hive over SSH (names the hive)
+    │   ├── HostKeyError        the hive's host key is unknown or changed
+    │   └── RemoteCommandError  a command on a hive failed (argv, exit status, stderr tail)
     └── ApiError              an HTTP request was refused; carries the OpenAI error body fields
 
 Every error carries what an operator needs to act (file, field, host, command, stderr tail) in its
@@ -26,12 +29,15 @@ __all__ = [
     "ChecksumError",
     "ConfigError",
     "EngineError",
+    "HostKeyError",
     "ModelError",
     "ModelFetchError",
     "PortInUseError",
     "QueenError",
     "QueenNotRunningError",
     "RbeeError",
+    "RemoteCommandError",
+    "SshError",
     "UnknownModelError",
     "WorkerError",
 ]
@@ -90,6 +96,27 @@ class PortInUseError(RbeeError):
         self.host = host
         self.port = port
         super().__init__(f"port {port} on {host} is already in use (pick another with --port)")
+
+
+class SshError(RbeeError):
+    """A hive could not be reached or used over SSH; the message starts with its alias."""
+
+
+class HostKeyError(SshError):
+    """A hive's host key is not in known_hosts, or does not match it."""
+
+
+class RemoteCommandError(SshError):
+    """A command run on a hive exited non-zero."""
+
+    def __init__(self, alias: str, argv: list[str], exit_status: int | None, stderr: str) -> None:
+        self.alias = alias
+        self.argv = argv
+        self.exit_status = exit_status
+        self.stderr = stderr
+        tail = " | ".join(line for line in stderr.strip().splitlines()[-3:] if line.strip())
+        status = "was killed" if exit_status is None else f"exited {exit_status}"
+        super().__init__(f"{alias}: `{' '.join(argv)}` {status}" + (f": {tail}" if tail else ""))
 
 
 class ApiError(RbeeError):

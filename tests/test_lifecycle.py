@@ -98,6 +98,9 @@ def test_queen_stop_leaves_no_worker(paths: Paths) -> None:
         assert MODEL in status.stdout
         pids = worker_pids(paths)
         assert len(pids) == 1
+        twice = rbee(paths, "queen", "start", "--port", str(free_port()))
+        assert twice.returncode == 1
+        assert "already running" in twice.stderr
     finally:
         stopped = rbee(paths, "queen", "stop")
     assert stopped.returncode == 0, stopped.stderr
