@@ -8,7 +8,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck pytest bench clean
+# System packages the SSH-hive tests need (each hive is a network namespace running its own sshd).
+SYSDEPS := openssh-server openssh-client iproute2
+
+.PHONY: setup sysdeps run test lint typecheck pytest bench clean
 
 setup: $(STAMP)
 
@@ -17,6 +20,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+sysdeps:
+	@if [ -x /usr/sbin/sshd ] && command -v ip >/dev/null && command -v ssh-keygen >/dev/null \
+		&& command -v ssh >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends $(SYSDEPS); \
+	else \
+		echo "missing system packages: install $(SYSDEPS) (as root: apt-get install $(SYSDEPS))" >&2; \
+		exit 1; \
+	fi
 
 run: setup
 	$(BIN)/rbee up
@@ -31,7 +45,7 @@ typecheck: setup
 pytest: setup
 	$(BIN)/python -m pytest
 
-test: lint typecheck pytest
+test: sysdeps lint typecheck pytest
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -59,7 +59,7 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, except that a SIGINT or SIGTERM that stops it is not re-raised after.
+    """uvicorn's server, except that a SIGINT, SIGTERM or SIGHUP that stops it is not re-raised.
 
     uvicorn re-raises the signal once `serve()` returns, which would kill the process before the
     code after `serve()` (stopping workers TERM then KILL) could run. `signal_received` tells the
@@ -78,7 +78,9 @@ class Server(uvicorn.Server):
             self.signal_received = sig
             self.handle_exit(sig, frame)
 
-        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP too: a hive started over SSH with a PTY gets it when the connection drops.
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, handle) for sig in handled}
         try:
             yield
         finally:

@@ -26,3 +26,9 @@ def stream(method: str, url: str, **kwargs: Any) -> AbstractContextManager[httpx
     """A streamed request with the tests' deadline unless one is given."""
     kwargs.setdefault("timeout", TIMEOUT)
     return httpx.stream(method, url, **kwargs)
+
+
+def delete(url: str, **kwargs: Any) -> httpx.Response:
+    """DELETE with the tests' deadline unless one is given."""
+    kwargs.setdefault("timeout", TIMEOUT)
+    return httpx.delete(url, **kwargs)

@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 
+from rbee.api.workers import WorkerSpec, parse_worker_spec
 from rbee.errors import ApiError
-from rbee.hive.argv import WorkerSpec
-from rbee.queen.app import parse_worker_spec
 
 
 def test_defaults() -> None:

@@ -5,17 +5,26 @@ from __future__ import annotations
 import argparse
 
 from rbee.api.client import QueenClient
+from rbee.api.workers import WorkerSpec
 from rbee.cli.output import emit, fetch_progress, note
 from rbee.config.settings import Paths
 from rbee.errors import QueenNotRunningError
-from rbee.hive.argv import WorkerSpec
+from rbee.hive.daemon import HiveOptions, run_hive
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore
 from rbee.queen.daemon import read_record, run_queen, start_daemon, stop_daemon
 from rbee.queen.service import QueenOptions
 from rbee.worker.daemon import WorkerOptions, run_worker
 
-__all__ = ["queen_run", "queen_start", "queen_status", "queen_stop", "up", "worker_run"]
+__all__ = [
+    "hive_run",
+    "queen_run",
+    "queen_start",
+    "queen_status",
+    "queen_stop",
+    "up",
+    "worker_run",
+]
 
 
 def _spec(args: argparse.Namespace, model: str) -> WorkerSpec:
@@ -102,3 +111,9 @@ def worker_run(args: argparse.Namespace, paths: Paths) -> int:
         lifeline_fd=args.lifeline_fd, parent_pid=args.parent_pid,
     )  # fmt: skip
     return run_worker(paths, options)
+
+
+def hive_run(args: argparse.Namespace, paths: Paths) -> int:
+    """One hive in the foreground (what the queen starts over SSH)."""
+    options = HiveOptions(name=args.name, port=args.port, lease=args.lease)
+    return run_hive(paths, options)

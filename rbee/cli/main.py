@@ -9,10 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from rbee import __version__
-from rbee.cli import daemons, remote
+from rbee.cli import daemons, hives, remote
 from rbee.cli.output import fail
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
 from rbee.errors import RbeeError
+from rbee.hive.daemon import DEFAULT_HIVE_PORT
 from rbee.models.catalog import DEFAULT_MODEL_ID
 
 __all__ = ["build_parser", "main"]
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("RBEE_API_KEY"),
         help="API key for the queen (default: $RBEE_API_KEY)",
     )
+    parser.add_argument(
+        "--hives",
+        metavar="PATH",
+        default=os.environ.get("RBEE_HIVES") or None,
+        help="hives.conf to read (default: $RBEE_HIVES or CONFIG_DIR/hives.conf)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -139,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
         handler=remote.model_list
     )
 
+    hive = commands.add_parser("hive", help="the machines in hives.conf")
+    hive_cmds = hive.add_subparsers(dest="hive_command", required=True, metavar="ACTION")
+    hive_cmds.add_parser("list", help="list the hives in hives.conf").set_defaults(
+        handler=hives.hive_list
+    )
+    hrun = hive_cmds.add_parser("run", help="run a hive in the foreground (the queen does this)")
+    hrun.add_argument("--port", type=_port, default=DEFAULT_HIVE_PORT, help="loopback port")
+    hrun.add_argument(
+        "--lease",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds without a heartbeat line on stdin",
+    )
+    hrun.add_argument("--name", default="localhost", help="the hive's name in reports")
+    hrun.set_defaults(handler=daemons.hive_run)
+
+    config = commands.add_parser("config", help="check rbee's configuration files")
+    config_cmds = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_cmds.add_parser(
+        "check", help="check hives.conf without connecting anywhere"
+    ).set_defaults(handler=hives.config_check)
+
     infer = commands.add_parser("infer", help="stream one answer to stdout")
     infer.add_argument("--model", default=DEFAULT_MODEL_ID)
     infer.add_argument("--prompt", required=True)
@@ -149,8 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool, command: str) -> None:
-    daemon = command in {"queen", "worker"}
+_DAEMONS = {daemons.queen_run, daemons.worker_run, daemons.hive_run}
+
+
+def _configure_logging(verbose: bool, handler: object) -> None:
+    # Daemons log with timestamps to their log files; commands say only what goes wrong.
+    daemon = handler in _DAEMONS
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO if daemon else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if daemon else "rbee: %(message)s",
@@ -163,7 +196,7 @@ def _configure_logging(verbose: bool, command: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose, args.command)
+    _configure_logging(args.verbose, args.handler)
     if args.command == "up" and not args.verbose:
         logging.getLogger("rbee").setLevel(logging.INFO)
     try:

@@ -18,7 +18,7 @@ from rich.progress import (
 
 from rbee.models.sources import Progress as ProgressFn
 
-__all__ = ["emit", "fail", "fetch_progress", "note", "table"]
+__all__ = ["confirm", "emit", "fail", "fetch_progress", "note", "table"]
 
 
 def emit(text: str = "", *, end: str = "\n") -> None:
@@ -77,3 +77,12 @@ def fetch_progress() -> Iterator[ProgressFn]:
             bar.update(tasks[stage], completed=done, total=total)
 
         yield update
+
+
+def confirm(question: str) -> bool:
+    """Ask a yes/no question on the terminal; False when there is no terminal to ask."""
+    if not sys.stdin.isatty():
+        return False
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in {"y", "yes"}

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
-__all__ = ["WorkerSpec", "worker_argv"]
+from rbee.api.workers import WorkerSpec
 
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker should run."""
-
-    model: str
-    engine: str = "llamacpp"
-    device: str = "cpu"
-    ctx_size: int = 4096
-    threads: int = 0
+__all__ = ["worker_argv"]
 
 
 def worker_argv(

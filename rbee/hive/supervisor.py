@@ -20,40 +20,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
 from rbee.errors import RbeeError, WorkerError
-from rbee.hive.argv import WorkerSpec, worker_argv
+from rbee.hive.argv import worker_argv
 from rbee.models.catalog import validate_model_id
 from rbee.proc import stop_process_group
 
-__all__ = ["Supervisor", "WorkerInfo", "WorkerState"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger(__name__)
 
-WorkerState = Literal["starting", "ready", "stopping", "exited"]
 _LOG_TAIL = 1500
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """A snapshot of one worker, as the queen's registry and the CLI see it."""
-
-    id: str
-    model: str
-    engine: str
-    device: str
-    state: WorkerState
-    pid: int | None = None
-    port: int | None = None
-    started_at: float = 0.0
-    exit_code: int | None = None
-    log_path: str = ""
-    context_length: int = 0
-
-    @property
-    def url(self) -> str | None:
-        """The worker's base URL once it has a port."""
-        return f"http://127.0.0.1:{self.port}" if self.port else None
 
 
 @dataclass

@@ -11,7 +11,6 @@ DELETE /v1/workers/{id}             stop one worker
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -25,56 +24,23 @@ from starlette.routing import Route
 
 from rbee import __version__
 from rbee.api import responses
-from rbee.api.http import EXCEPTION_HANDLERS, ApiKeyMiddleware, parse_json, read_body, read_json
+from rbee.api.http import EXCEPTION_HANDLERS, ApiKeyMiddleware, parse_json, read_body
 from rbee.api.openai import (
     ChatRequest,
     CompletionRequest,
     parse_chat_request,
     parse_completion_request,
 )
-from rbee.errors import ApiError, ModelError, UnknownModelError, WorkerError
-from rbee.hive.argv import WorkerSpec
-from rbee.hive.supervisor import WorkerInfo
+from rbee.errors import ApiError
+from rbee.hive.app import worker_routes
 from rbee.queen.service import LOCAL_HIVE, Queen
 
-__all__ = ["create_app", "parse_worker_spec"]
-
-_MAX_CTX = 1 << 20
+__all__ = ["create_app"]
 
 
 def _queen(request: Request) -> Queen:
     queen: Queen = request.app.state.queen
     return queen
-
-
-def _describe(info: WorkerInfo) -> dict[str, Any]:
-    out = dataclasses.asdict(info)
-    out["hive"] = LOCAL_HIVE
-    out["url"] = info.url
-    return out
-
-
-def parse_worker_spec(body: Any) -> WorkerSpec:
-    """Parse `POST /v1/workers`; 400 naming the field that is wrong."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, "model is required (a model id such as smollm2-135m)", param="model")
-    fields: dict[str, Any] = {"model": model}
-    for key in ("engine", "device"):
-        value = body.get(key)
-        if value is not None:
-            if not isinstance(value, str) or not value.isprintable() or len(value) > 32:
-                raise ApiError(400, f"{key} must be a short string", param=key)
-            fields[key] = value
-    for key, lo, hi in (("ctx_size", 64, _MAX_CTX), ("threads", 0, 1024)):
-        value = body.get(key)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise ApiError(400, f"{key} must be an integer from {lo} to {hi}", param=key)
-            fields[key] = value
-    return WorkerSpec(**fields)
 
 
 async def health(request: Request) -> Response:
@@ -135,33 +101,6 @@ def _generation_route(
     return endpoint
 
 
-async def list_workers(request: Request) -> Response:
-    workers = _queen(request).hive.workers()
-    return JSONResponse({"object": "list", "data": [_describe(w) for w in workers]})
-
-
-async def spawn_worker(request: Request) -> Response:
-    spec = parse_worker_spec(await read_json(request))
-    try:
-        info = await _queen(request).spawn(spec)
-    except UnknownModelError as err:
-        raise ApiError(404, str(err), param="model", code="model_not_found") from err
-    except ModelError as err:
-        raise ApiError(400, str(err), param="model") from err
-    except WorkerError as err:
-        raise ApiError(500, str(err), type="server_error", code="worker_failed") from err
-    return JSONResponse(_describe(info), status_code=201)
-
-
-async def stop_worker(request: Request) -> Response:
-    worker_id = request.path_params["worker_id"]
-    try:
-        info = await _queen(request).hive.stop(worker_id)
-    except WorkerError as err:
-        raise ApiError(404, str(err), param="worker_id", code="worker_not_found") from err
-    return JSONResponse(_describe(info))
-
-
 def create_app(queen: Queen) -> Starlette:
     """The queen app over a running Queen (the daemon owns the Queen's lifetime)."""
     api_key = queen.options.api_key
@@ -180,12 +119,11 @@ def create_app(queen: Queen) -> Starlette:
                 _generation_route("/v1/completions", parse_completion_request),
                 methods=["POST"],
             ),
-            Route("/v1/workers", list_workers, methods=["GET"]),
-            Route("/v1/workers", spawn_worker, methods=["POST"]),
-            Route("/v1/workers/{worker_id}", stop_worker, methods=["DELETE"]),
+            *worker_routes(),
         ],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.queen = queen
+    app.state.hive = queen.hive  # integrated mode: the local hive's worker routes are ours
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rbee.hive.supervisor import WorkerInfo
+from rbee.api.workers import WorkerInfo
 from rbee.queen.scheduler import pick
 
 __all__ = ["Endpoint", "Registry"]

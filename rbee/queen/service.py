@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
 from types import TracebackType
 
+from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
-from rbee.errors import RbeeError, WorkerError
-from rbee.hive.argv import WorkerSpec
-from rbee.hive.supervisor import Supervisor, WorkerInfo
-from rbee.models.sources import ensure_model
-from rbee.models.store import ModelStore
+from rbee.errors import RbeeError
+from rbee.hive.service import HiveService
 from rbee.queen.registry import Registry
 from rbee.queen.relay import Relay
 
@@ -43,8 +40,7 @@ class Queen:
         self.options = options
         self.timeouts = timeouts
         self.registry = Registry()
-        self.store = ModelStore(paths.models_dir)
-        self.hive = Supervisor(paths, timeouts, on_change=self._on_worker_change)
+        self.hive = HiveService(paths, timeouts, name=LOCAL_HIVE, on_change=self._on_worker_change)
         self.relay = Relay(self.registry, timeouts)
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -72,10 +68,5 @@ class Queen:
         await self._stack.__aexit__(exc_type, exc, tb)
 
     async def spawn(self, spec: WorkerSpec) -> WorkerInfo:
-        """Fetch the model if the store lacks it, then start a worker for it."""
-        if spec.engine != "llamacpp":
-            raise WorkerError(f"engine {spec.engine!r} is not available yet; use llamacpp")
-        if spec.device != "cpu":
-            raise WorkerError(f"device {spec.device!r} is not available on {LOCAL_HIVE}; use cpu")
-        await asyncio.to_thread(ensure_model, self.store, spec.model)
+        """Start a worker for `spec` on the local hive."""
         return await self.hive.spawn(spec)

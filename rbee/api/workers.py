@@ -1,0 +1,120 @@
+"""Worker wire types shared by hives and the queen: what to run, and what is running.
+
+A `WorkerSpec` is what `POST /v1/workers` asks for; a `WorkerInfo` is what hives report. Both
+cross the wire as JSON (a remote hive reports its workers to the queen over HTTP), so each has a
+strict parser that names the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from rbee.errors import ApiError, ConfigError, ModelError, UnknownModelError
+
+__all__ = [
+    "WorkerInfo",
+    "WorkerSpec",
+    "WorkerState",
+    "parse_worker_info",
+    "parse_worker_spec",
+    "spawn_error",
+]
+
+WorkerState = Literal["starting", "ready", "stopping", "exited"]
+_MAX_CTX = 1 << 20
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker should run."""
+
+    model: str
+    engine: str = "llamacpp"
+    device: str = "cpu"
+    ctx_size: int = 4096
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A snapshot of one worker, as its hive reports it."""
+
+    id: str
+    model: str
+    engine: str
+    device: str
+    state: WorkerState
+    pid: int | None = None
+    port: int | None = None
+    started_at: float = 0.0
+    exit_code: int | None = None
+    log_path: str = ""
+    context_length: int = 0
+
+    @property
+    def url(self) -> str | None:
+        """The worker's base URL on its own machine, once it has a port."""
+        return f"http://127.0.0.1:{self.port}" if self.port else None
+
+    def to_json(self, hive: str) -> dict[str, Any]:
+        """The JSON the APIs answer with (the hive's name and the URL added)."""
+        return {**dataclasses.asdict(self), "hive": hive, "url": self.url}
+
+
+def parse_worker_spec(body: Any) -> WorkerSpec:
+    """Parse `POST /v1/workers`; 400 naming the field that is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "model is required (a model id such as smollm2-135m)", param="model")
+    fields: dict[str, Any] = {"model": model}
+    for key in ("engine", "device"):
+        value = body.get(key)
+        if value is not None:
+            if not isinstance(value, str) or not value.isprintable() or len(value) > 32:
+                raise ApiError(400, f"{key} must be a short string", param=key)
+            fields[key] = value
+    for key, lo, hi in (("ctx_size", 64, _MAX_CTX), ("threads", 0, 1024)):
+        value = body.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ApiError(400, f"{key} must be an integer from {lo} to {hi}", param=key)
+            fields[key] = value
+    return WorkerSpec(**fields)
+
+
+def parse_worker_info(raw: Any) -> WorkerInfo:
+    """Parse one worker as a hive reports it; ValueError or TypeError naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise TypeError("a worker must be a JSON object")
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(WorkerInfo):
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING:
+                raise ValueError(f"worker field {f.name!r} is missing")
+            continue
+        fields[f.name] = raw[f.name]
+    if fields["state"] not in get_args(WorkerState):
+        raise ValueError(f"worker state {fields['state']!r} is not one of {get_args(WorkerState)}")
+    for name in ("id", "model", "engine", "device", "log_path"):
+        if name in fields and not isinstance(fields[name], str):
+            raise ValueError(f"worker field {name!r} must be a string")
+    for name in ("pid", "port", "exit_code"):
+        value = fields.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"worker field {name!r} must be an integer or null")
+    return WorkerInfo(**fields)
+
+
+def spawn_error(err: Exception) -> ApiError:
+    """The HTTP error for a failed spawn: 404 unknown model, 400 bad input, 500 worker failure."""
+    if isinstance(err, UnknownModelError):
+        return ApiError(404, str(err), param="model", code="model_not_found")
+    if isinstance(err, ModelError):
+        return ApiError(400, str(err), param="model")
+    if isinstance(err, ConfigError):
+        return ApiError(400, str(err))
+    return ApiError(500, str(err), type="server_error", code="worker_failed")

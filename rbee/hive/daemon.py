@@ -1,0 +1,97 @@
+"""`rbee hive run`: a hive on its machine, serving its HTTP app on loopback.
+
+The queen starts it over SSH as `exec rbee hive run …` with a PTY, and writes a heartbeat line on
+its stdin every few seconds. The hive stops (its workers first, TERM then KILL) when any of these
+happens: SIGHUP (the PTY hung up: the SSH connection closed), EOF on stdin (the channel closed),
+no heartbeat within the lease (the network went silent, which sshd may not notice for minutes),
+SIGTERM or SIGINT. Once its port is open it prints one JSON line, `{"event": "ready", "port": N,
+"pid": P}`, on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+from rbee.config.settings import Paths, Timeouts
+from rbee.hive.app import create_app
+from rbee.hive.service import HiveService
+from rbee.net import Server, bind_tcp, run_event_loop, uvicorn_server
+
+__all__ = ["DEFAULT_HIVE_PORT", "HiveOptions", "run_hive"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HIVE_PORT = 9000
+
+
+@dataclass(frozen=True)
+class HiveOptions:
+    """What `rbee hive run` was asked to do."""
+
+    name: str = "localhost"
+    port: int = DEFAULT_HIVE_PORT
+    lease: float = 0.0
+    """Seconds without a heartbeat line on stdin before the hive stops itself; 0: no lease."""
+
+
+def run_hive(paths: Paths, options: HiveOptions, timeouts: Timeouts = Timeouts()) -> int:
+    """Run a hive in this process until it is told to stop; return the exit code."""
+    sock = bind_tcp("127.0.0.1", options.port)
+    try:
+        return run_event_loop(_serve(paths, options, timeouts, sock))
+    finally:
+        sock.close()
+
+
+async def _serve(
+    paths: Paths, options: HiveOptions, timeouts: Timeouts, sock: socket.socket
+) -> int:
+    async with HiveService(paths, timeouts, name=options.name) as hive:
+        server = uvicorn_server(create_app(hive), graceful=timeouts.stop_grace)
+        async with asyncio.TaskGroup() as tg:
+            side_tasks = [tg.create_task(_announce_ready(server, sock))]
+            if options.lease > 0:
+                side_tasks.append(tg.create_task(_hold_lease(server, options.lease)))
+            await server.serve(sockets=[sock])
+            for task in side_tasks:
+                task.cancel()
+        log.info("hive stopping; stopping %d worker(s)", len(hive.workers()))
+    return 0
+
+
+async def _announce_ready(server: Server, sock: socket.socket) -> None:
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for "started"
+        await asyncio.sleep(0.005)
+    port = sock.getsockname()[1]
+    line = json.dumps({"event": "ready", "port": port, "pid": os.getpid()})
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+    log.info("hive serving on 127.0.0.1:%d", port)
+
+
+async def _hold_lease(server: Server, lease: float) -> None:
+    """Stop the server on stdin EOF, or when no line arrives within `lease` seconds."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(0), "rb", 0)
+    )
+    try:
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readline(), lease)
+            except TimeoutError:
+                log.warning("no heartbeat for %.0fs: the queen is unreachable; stopping", lease)
+                break
+            if not line:
+                log.warning("stdin closed: the queen is gone; stopping")
+                break
+    finally:
+        transport.close()
+    server.should_exit = True

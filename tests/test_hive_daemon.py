@@ -1,0 +1,122 @@
+"""`rbee hive run` on this machine: its API, and every way it stops taking its workers with it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from rbee.config.settings import Paths
+from rbee.proc import pid_alive
+from tests import http
+from tests.conftest import MODEL, rbee_env, wait_until, worker_pids
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class RunningHive:
+    proc: subprocess.Popen[str]
+    url: str
+
+    def heartbeat(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("hb\n")
+        self.proc.stdin.flush()
+
+
+@contextlib.contextmanager
+def hive(paths: Paths, lease: float) -> Iterator[RunningHive]:
+    """`rbee hive run --port 0` with a pipe for stdin; killed after the test if still running."""
+    argv = [sys.executable, "-m", "rbee", "hive", "run", "--port", "0", "--lease", str(lease),
+            "--name", "test-hive"]  # fmt: skip
+    with (paths.data_dir / "hive.log").open("wb") as log:
+        proc = subprocess.Popen(argv, env=rbee_env(paths), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=log, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "ready"
+        yield RunningHive(proc, f"http://127.0.0.1:{ready['port']}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in worker_pids(paths):
+            os.kill(pid, signal.SIGKILL)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def spawn(h: RunningHive) -> dict[str, object]:
+    r = http.post(f"{h.url}/v1/workers", json={"model": MODEL})
+    assert r.status_code == 201, r.text
+    worker: dict[str, object] = r.json()
+    return worker
+
+
+def test_hive_api_and_lease(paths: Paths) -> None:
+    with hive(paths, lease=3) as h:
+        health = http.get(f"{h.url}/health").json()
+        assert (health["role"], health["name"]) == ("hive", "test-hive")
+        assert health["facts"]["cpu_count"] == os.cpu_count()
+        assert [m["id"] for m in http.get(f"{h.url}/v1/models").json()["data"]] == [MODEL]
+        worker = spawn(h)
+        assert worker["state"] == "ready"
+        assert worker["hive"] == "test-hive"
+        answer = http.post(f"{worker['url']}/v1/completions",
+                           json={"model": MODEL, "prompt": "Hi", "max_tokens": 3})  # fmt: skip
+        assert answer.status_code == 200
+        # Heartbeats keep it alive past the lease...
+        for _ in range(5):
+            h.heartbeat()
+            time.sleep(1)
+        assert h.proc.poll() is None
+        # ...and silence ends it, workers first.
+        assert h.proc.wait(3 + 15) == 0
+        wait_until(lambda: worker_pids(paths) == [], 5, "the hive's worker to be gone")
+    assert "no heartbeat" in (paths.data_dir / "hive.log").read_text()
+
+
+@pytest.mark.parametrize("how", ["eof", "sighup", "sigterm", "sigkill"])
+def test_every_way_the_hive_stops_takes_its_workers(paths: Paths, how: str) -> None:
+    with hive(paths, lease=30) as h:
+        pid = spawn(h)["pid"]
+        assert isinstance(pid, int)
+        if how == "eof":
+            assert h.proc.stdin is not None
+            h.proc.stdin.close()
+        else:
+            h.proc.send_signal({"sighup": signal.SIGHUP, "sigterm": signal.SIGTERM,
+                                "sigkill": signal.SIGKILL}[how])  # fmt: skip
+        code = h.proc.wait(15)
+        assert code == (-signal.SIGKILL if how == "sigkill" else 0)
+        wait_until(lambda: not pid_alive(pid), 5, f"the worker to exit after {how}")
+
+
+def test_bad_requests_to_the_hive(paths: Paths) -> None:
+    with hive(paths, lease=0) as h:
+        r = http.post(f"{h.url}/v1/workers", json={"model": "../x"})
+        assert r.status_code == 400
+        assert "invalid model id" in r.json()["error"]["message"]
+        r = http.post(f"{h.url}/v1/workers", json={"model": "nope"})
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "model_not_found"
+        r = http.post(f"{h.url}/v1/workers", json={"model": MODEL, "engine": "exllamav2"})
+        assert r.status_code == 400
+        assert "not available" in r.json()["error"]["message"]
+        r = http.delete(f"{h.url}/v1/workers/nope")
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "worker_not_found"
+        h.proc.send_signal(signal.SIGTERM)
+        assert h.proc.wait(15) == 0
