@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from rbee import __version__
-from rbee.cli import daemons, hives, remote
+from rbee.cli import daemons, hive_ssh, hives, remote
 from rbee.cli.output import fail
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
 from rbee.errors import RbeeError
@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     hive_cmds.add_parser("list", help="list the hives in hives.conf").set_defaults(
         handler=hives.hive_list
     )
+    trust = hive_cmds.add_parser("trust", help="show a hive's host key and trust it")
+    trust.add_argument("alias", metavar="ALIAS")
+    trust.add_argument("--yes", action="store_true", help="trust it without asking")
+    trust.set_defaults(handler=hive_ssh.hive_trust)
+    status = hive_cmds.add_parser("status", help="connect to a hive and show its facts")
+    status.add_argument("alias", metavar="ALIAS")
+    status.set_defaults(handler=hive_ssh.hive_status)
     hrun = hive_cmds.add_parser("run", help="run a hive in the foreground (the queen does this)")
     hrun.add_argument("--port", type=_port, default=DEFAULT_HIVE_PORT, help="loopback port")
     hrun.add_argument(

@@ -150,13 +150,15 @@ def _identity_file(d: Directive, value: str, problem: FileProblem) -> Path | Non
     return path
 
 
-def _known_hosts(d: Directive, _: str, __: FileProblem) -> None:
+def _known_hosts(d: Directive, _: str, __: FileProblem) -> Path:
     for value in d.args:
         if value.lower() == "none" or os.path.expanduser(value) == os.devnull:
             raise d.error(
                 f"host key verification cannot be disabled (UserKnownHostsFile {value}): "
                 + _TRUST_HINT
             )
+    # The first file is where `rbee hive trust` records a key, as ssh does.
+    return Path(os.path.expanduser(d.args[0]))
 
 
 def _strict(d: Directive, value: str, _: FileProblem) -> None:

@@ -53,6 +53,12 @@ class Hive:
     path: Path
     """The file whose Host line first names this alias."""
     line: int
+    user_known_hosts: Path | None = None
+    """The first UserKnownHostsFile, if hives.conf sets one."""
+
+    def known_hosts(self) -> Path:
+        """The file its host key is verified against, and where `rbee hive trust` writes."""
+        return self.user_known_hosts or Path("~/.ssh/known_hosts").expanduser()
 
 
 @dataclass(frozen=True)
@@ -185,4 +191,9 @@ def _resolve(alias: str, origin: Directive, settings: list[tuple[Directive, Valu
         backend=text("rbeebackend", "auto"),
         path=origin.path,
         line=origin.line,
+        **(
+            {"known_hosts": known}
+            if isinstance(known := first.get("userknownhostsfile"), Path)
+            else {}
+        ),
     )
