@@ -177,6 +177,7 @@ def _resolve(alias: str, origin: Directive, settings: list[tuple[Directive, Valu
         value = first.get(key)
         return value if isinstance(value, str) else None
 
+    known = first.get("userknownhostsfile")
     hostname = re.sub(r"%([h%])", lambda m: alias if m[1] == "h" else "%", text("hostname", alias))
     return Hive(
         alias=alias,
@@ -191,9 +192,5 @@ def _resolve(alias: str, origin: Directive, settings: list[tuple[Directive, Valu
         backend=text("rbeebackend", "auto"),
         path=origin.path,
         line=origin.line,
-        **(
-            {"known_hosts": known}
-            if isinstance(known := first.get("userknownhostsfile"), Path)
-            else {}
-        ),
+        user_known_hosts=known if isinstance(known, Path) else None,
     )
