@@ -13,7 +13,9 @@
     ├── PortInUseError        a listening port is taken
     ├── SshError              reaching or running something on a hive over SSH (names the hive)
     │   ├── HostKeyError        the hive's host key is unknown or changed
-    │   └── RemoteCommandError  a command on a hive failed (argv, exit status, stderr tail)
+    │   ├── RemoteCommandError  a command on a hive failed (argv, exit status, stderr tail)
+    │   └── InstallError        `rbee hive install` failed (host, step, argv, stderr tail)
+    ├── WheelhouseError       the queen could not gather the wheels a hive needs
     └── ApiError              an HTTP request was refused; carries the OpenAI error body fields
 
 Every error carries what an operator needs to act (file, field, host, command, stderr tail) in its
@@ -30,6 +32,7 @@ __all__ = [
     "ConfigError",
     "EngineError",
     "HostKeyError",
+    "InstallError",
     "ModelError",
     "ModelFetchError",
     "PortInUseError",
@@ -39,6 +42,7 @@ __all__ = [
     "RemoteCommandError",
     "SshError",
     "UnknownModelError",
+    "WheelhouseError",
     "WorkerError",
 ]
 
@@ -117,6 +121,42 @@ class RemoteCommandError(SshError):
         tail = " | ".join(line for line in stderr.strip().splitlines()[-3:] if line.strip())
         status = "was killed" if exit_status is None else f"exited {exit_status}"
         super().__init__(f"{alias}: `{' '.join(argv)}` {status}" + (f": {tail}" if tail else ""))
+
+
+class InstallError(SshError):
+    """Installing on (or removing from) a hive failed at one step; the previous install stays."""
+
+    def __init__(
+        self,
+        alias: str,
+        step: str,
+        reason: str,
+        *,
+        argv: list[str] | None = None,
+        exit_status: int | None = None,
+        stderr: str = "",
+    ) -> None:
+        self.alias = alias
+        self.step = step
+        self.argv = argv
+        self.exit_status = exit_status
+        self.stderr = stderr
+        tail = " | ".join(line for line in stderr.strip().splitlines()[-3:] if line.strip())
+        command = f": `{' '.join(_brief(word) for word in argv)}`" if argv else ""
+        super().__init__(
+            f"{alias}: {step} failed{command}: {reason}" + (f": {tail}" if tail else "")
+        )
+
+
+def _brief(word: str) -> str:
+    """An argv word as an error line shows it: a script passed with `-c` is not worth quoting."""
+    if "\n" in word.strip():
+        return f"<{len(word.strip().splitlines())}-line script>"
+    return word if len(word) <= 120 else word[:117] + "..."
+
+
+class WheelhouseError(RbeeError):
+    """The queen could not build or gather the wheels a hive needs (names what is missing)."""
 
 
 class ApiError(RbeeError):

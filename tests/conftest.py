@@ -123,7 +123,11 @@ def healthy(url: str) -> bool:
 
 @contextlib.contextmanager
 def running_queen(
-    paths: Paths, *extra: str, models: tuple[str, ...] = (MODEL,), global_args: tuple[str, ...] = ()
+    paths: Paths,
+    *extra: str,
+    models: tuple[str, ...] = (MODEL,),
+    global_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[RunningQueen]:
     """Start `rbee queen run` in the foreground as a child; stop it after."""
     port = free_port()
@@ -132,7 +136,9 @@ def running_queen(
         argv += ["--model", m]
     log_path = paths.data_dir / "test-queen.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, env=rbee_env(paths), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv, env={**rbee_env(paths), **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -34,7 +34,8 @@ class QueenClient:
             timeout=httpx.Timeout(timeouts.first_byte, connect=timeouts.connect),
             trust_env=False,
         )
-        self._spawn_timeout = httpx.Timeout(timeouts.worker_ready + 600, connect=timeouts.connect)
+        self.long_timeout = httpx.Timeout(timeouts.worker_ready + 600, connect=timeouts.connect)
+        """For requests that wait on slow work (model fetches, hive starts)."""
 
     def __enter__(self) -> QueenClient:
         return self
@@ -73,7 +74,7 @@ class QueenClient:
     def spawn(self, body: dict[str, Any]) -> dict[str, Any]:
         """Start a worker (may fetch its model first, hence the long deadline)."""
         result: dict[str, Any] = self.request(
-            "POST", "/v1/workers", json=body, timeout=self._spawn_timeout
+            "POST", "/v1/workers", json=body, timeout=self.long_timeout
         )
         return result
 

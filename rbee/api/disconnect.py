@@ -31,6 +31,9 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
             watcher = tg.create_task(_wait_disconnect(request))
             result = await work
             watcher.cancel()
-    except* ClientGoneError:
-        raise ClientGoneError from None
+    except BaseExceptionGroup as group:
+        # The task group wraps whatever ended it; callers want the one exception that did.
+        if group.subgroup(ClientGoneError) is not None:
+            raise ClientGoneError from None
+        raise group.exceptions[0] from None
     return result

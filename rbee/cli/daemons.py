@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 
 from rbee.api.client import QueenClient
 from rbee.api.workers import WorkerSpec
 from rbee.cli.output import emit, fetch_progress, note
+from rbee.config.hives import hives_path
 from rbee.config.settings import Paths
 from rbee.errors import QueenNotRunningError
 from rbee.hive.daemon import HiveOptions, run_hive
@@ -44,9 +47,7 @@ def up(args: argparse.Namespace, paths: Paths) -> int:
         note(f"fetching model {args.model} (first run only)")
         with fetch_progress() as progress:
             ensure_model(store, args.model, progress=progress)
-    options = QueenOptions(
-        host=args.host, port=args.port, api_key=args.api_key, models=(_spec(args, args.model),)
-    )
+    options = _queen_options(args, paths, (_spec(args, args.model),))
 
     def ready(url: str) -> None:
         note(f"serving {args.model} at {url}/v1 (OpenAI-compatible); Ctrl+C stops everything")
@@ -57,25 +58,29 @@ def up(args: argparse.Namespace, paths: Paths) -> int:
     return code
 
 
-def queen_run(args: argparse.Namespace, paths: Paths) -> int:
-    """The queen in the foreground (what the daemon runs)."""
-    options = QueenOptions(
+def _queen_options(
+    args: argparse.Namespace, paths: Paths, models: tuple[WorkerSpec, ...]
+) -> QueenOptions:
+    command = os.environ.get("RBEE_HIVE_COMMAND")
+    return QueenOptions(
         host=args.host,
         port=args.port,
         api_key=args.api_key,
-        models=tuple(WorkerSpec(model=m) for m in args.model),
+        models=models,
+        hives_conf=hives_path(paths, args.hives),
+        hive_command=tuple(shlex.split(command)) if command else None,
     )
+
+
+def queen_run(args: argparse.Namespace, paths: Paths) -> int:
+    """The queen in the foreground (what the daemon runs)."""
+    options = _queen_options(args, paths, tuple(WorkerSpec(model=m) for m in args.model))
     return run_queen(paths, options)
 
 
 def queen_start(args: argparse.Namespace, paths: Paths) -> int:
     """Start the queen daemon and wait until it answers."""
-    options = QueenOptions(
-        host=args.host,
-        port=args.port,
-        api_key=args.api_key,
-        models=tuple(WorkerSpec(model=m) for m in args.model),
-    )
+    options = _queen_options(args, paths, tuple(WorkerSpec(model=m) for m in args.model))
     record = start_daemon(paths, options)
     emit(f"queen started (pid {record.pid}) at {record.url}/v1; log {paths.logs_dir / 'queen.log'}")
     return 0

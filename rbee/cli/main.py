@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from rbee import __version__
-from rbee.cli import daemons, hive_ssh, hives, remote
+from rbee.cli import daemons, hive_install, hive_ssh, hives, jobs, remote
 from rbee.cli.output import fail
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
 from rbee.errors import RbeeError
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cmds = worker.add_subparsers(dest="worker_command", required=True, metavar="ACTION")
     spawn = worker_cmds.add_parser("spawn", help="start a worker for a model")
     spawn.add_argument("--model", required=True, help="model id, e.g. smollm2-135m")
+    spawn.add_argument("--hive", default="localhost", help="hive alias (default: this machine)")
     _add_worker_options(spawn)
     spawn.set_defaults(handler=remote.worker_spawn)
     worker_cmds.add_parser("list", help="list workers").set_defaults(handler=remote.worker_list)
@@ -158,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     status = hive_cmds.add_parser("status", help="connect to a hive and show its facts")
     status.add_argument("alias", metavar="ALIAS")
     status.set_defaults(handler=hive_ssh.hive_status)
+    install = hive_cmds.add_parser("install", help="install rbee on a hive over SSH (offline)")
+    install.add_argument("alias", metavar="ALIAS")
+    install.set_defaults(handler=hive_install.hive_install)
+    uninstall = hive_cmds.add_parser("uninstall", help="remove what install put on a hive")
+    uninstall.add_argument("alias", metavar="ALIAS")
+    uninstall.add_argument("--yes", action="store_true", help="remove it without asking")
+    uninstall.set_defaults(handler=hive_install.hive_uninstall)
+    hstart = hive_cmds.add_parser("start", help="have the queen start a hive over SSH")
+    hstart.add_argument("alias", metavar="ALIAS")
+    hstart.set_defaults(handler=remote.hive_start)
+    hstop = hive_cmds.add_parser("stop", help="have the queen stop a hive and its workers")
+    hstop.add_argument("alias", metavar="ALIAS")
+    hstop.set_defaults(handler=remote.hive_stop)
     hrun = hive_cmds.add_parser("run", help="run a hive in the foreground (the queen does this)")
     hrun.add_argument("--port", type=_port, default=DEFAULT_HIVE_PORT, help="loopback port")
     hrun.add_argument(
@@ -174,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmds.add_parser(
         "check", help="check hives.conf without connecting anywhere"
     ).set_defaults(handler=hives.config_check)
+
+    job = commands.add_parser("job", help="watch, list and cancel the queen's jobs")
+    job_cmds = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
+    job_cmds.add_parser("list", help="running and recent jobs").set_defaults(handler=jobs.job_list)
+    watch = job_cmds.add_parser("watch", help="replay a job's progress and follow it to its end")
+    watch.add_argument("job_id", metavar="ID")
+    watch.set_defaults(handler=jobs.job_watch)
+    cancel = job_cmds.add_parser("cancel", help="cancel a running job")
+    cancel.add_argument("job_id", metavar="ID")
+    cancel.set_defaults(handler=jobs.job_cancel)
 
     infer = commands.add_parser("infer", help="stream one answer to stdout")
     infer.add_argument("--model", default=DEFAULT_MODEL_ID)

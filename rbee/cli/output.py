@@ -5,12 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
     TaskID,
+    TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -18,7 +21,16 @@ from rich.progress import (
 
 from rbee.models.sources import Progress as ProgressFn
 
-__all__ = ["confirm", "emit", "fail", "fetch_progress", "note", "table"]
+__all__ = [
+    "LiveProgress",
+    "confirm",
+    "emit",
+    "fail",
+    "fetch_progress",
+    "live_progress",
+    "note",
+    "table",
+]
 
 
 def emit(text: str = "", *, end: str = "\n") -> None:
@@ -86,3 +98,75 @@ def confirm(question: str) -> bool:
     sys.stderr.write(f"{question} [y/N] ")
     sys.stderr.flush()
     return sys.stdin.readline().strip().lower() in {"y", "yes"}
+
+
+class LiveProgress(Protocol):
+    """Status lines and progress bars on stderr, as `live_progress()` yields them."""
+
+    def line(self, text: str) -> None:
+        """One status line."""
+        ...
+
+    def bar(self, label: str, done: int, total: int | None) -> None:
+        """Progress of `label`: `done` of `total` (None: unknown)."""
+        ...
+
+
+class _PlainProgress:
+    def __init__(self) -> None:
+        self._started: set[str] = set()
+        self._finished: set[str] = set()
+
+    def line(self, text: str) -> None:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def bar(self, label: str, done: int, total: int | None) -> None:
+        # Without a terminal a bar would be noise: say when each transfer starts and ends.
+        if label not in self._started:
+            self._started.add(label)
+            self.line(f"  {label}…")
+        if total is not None and done >= total and label not in self._finished:
+            self._finished.add(label)
+            self.line(f"  {label}: done")
+
+
+class _RichProgress:
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[str, TaskID] = {}
+
+    def line(self, text: str) -> None:
+        self._progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def bar(self, label: str, done: int, total: int | None) -> None:
+        if label not in self._tasks:
+            self.settle()
+            self._tasks[label] = self._progress.add_task(label, total=total)
+        self._progress.update(self._tasks[label], completed=done, total=total)
+
+    def settle(self) -> None:
+        # A transfer of unknown size is over once the next one starts (or all is done): stop its
+        # bar pulsing.
+        for task in self._progress.tasks:
+            if task.total is None:
+                self._progress.update(task.id, total=1, completed=1)
+
+
+@contextmanager
+def live_progress() -> Iterator[LiveProgress]:
+    """Status lines and progress bars on stderr: rich bars on a terminal, plain lines otherwise."""
+    if not sys.stderr.isatty():
+        yield _PlainProgress()
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as progress:
+        view = _RichProgress(progress)
+        yield view
+        view.settle()

@@ -7,13 +7,23 @@ import time
 from typing import Any
 
 from rbee.api.client import QueenClient
+from rbee.api.jobs_client import queen_http
+from rbee.cli.jobs import run_job
 from rbee.cli.output import emit, note, table
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
 from rbee.models.catalog import CATALOG
 from rbee.models.store import ModelStore
 from rbee.queen.daemon import read_record
 
-__all__ = ["infer", "model_list", "worker_list", "worker_spawn", "worker_stop"]
+__all__ = [
+    "hive_start",
+    "hive_stop",
+    "infer",
+    "model_list",
+    "worker_list",
+    "worker_spawn",
+    "worker_stop",
+]
 
 
 def _client(args: argparse.Namespace, paths: Paths) -> QueenClient:
@@ -26,14 +36,14 @@ def worker_spawn(args: argparse.Namespace, paths: Paths) -> int:
     """Ask the queen to start a worker, and wait until it serves."""
     body: dict[str, Any] = {
         "model": args.model,
+        "hive": args.hive,
         "engine": args.engine,
         "device": args.device,
         "ctx_size": args.ctx_size,
         "threads": args.threads,
     }
-    with _client(args, paths) as client:
-        note(f"starting a worker for {args.model} (fetching the model first if needed)")
-        info = client.spawn(body)
+    with _client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
+        info = run_job(http, {"kind": "worker.spawn", **body})
     emit(
         f"worker {info['id']} ready: {info['model']} on {info['hive']} ({info['engine']}, "
         f"{info['device']}, pid {info['pid']})"
@@ -115,4 +125,22 @@ def infer(args: argparse.Namespace, paths: Paths) -> int:
                 if text:
                     emit(text, end="")
     emit()
+    return 0
+
+
+def hive_start(args: argparse.Namespace, paths: Paths) -> int:
+    """Ask the queen to start a hive over SSH and wait until it serves."""
+    with _client(args, paths) as client:
+        note(f"starting hive {args.alias} over SSH")
+        hive = client.request("POST", f"/v1/hives/{args.alias}/start",
+                              timeout=client.long_timeout)  # fmt: skip
+    emit(f"hive {hive['name']} running on {hive['host']} (pid {hive['pid']})")
+    return 0
+
+
+def hive_stop(args: argparse.Namespace, paths: Paths) -> int:
+    """Ask the queen to stop a hive; its workers stop with it."""
+    with _client(args, paths) as client:
+        client.request("POST", f"/v1/hives/{args.alias}/stop", timeout=client.long_timeout)
+    emit(f"hive {args.alias} stopped")
     return 0

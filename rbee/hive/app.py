@@ -78,6 +78,7 @@ async def health(request: Request) -> Response:
             "version": __version__,
             "pid": os.getpid(),
             "facts": dataclasses.asdict(facts),
+            "models_dir": str(hive.paths.models_dir),
             "workers": [w.to_json(hive.name) for w in hive.workers()],
         }
     )

@@ -32,7 +32,9 @@ from rbee.api.openai import (
     parse_completion_request,
 )
 from rbee.errors import ApiError
-from rbee.hive.app import worker_routes
+from rbee.queen.admin import admin_routes
+from rbee.queen.job_ops import JOB_RUNNERS
+from rbee.queen.jobs_routes import job_routes
 from rbee.queen.service import LOCAL_HIVE, Queen
 
 __all__ = ["create_app"]
@@ -45,14 +47,14 @@ def _queen(request: Request) -> Queen:
 
 async def health(request: Request) -> Response:
     queen = _queen(request)
-    workers = queen.hive.workers()
+    workers = [w for _, w in queen.workers()]
     return JSONResponse(
         {
             "status": "ok",
             "role": "queen",
             "version": __version__,
             "pid": os.getpid(),
-            "hives": [LOCAL_HIVE],
+            "hives": [LOCAL_HIVE, *(h.name for h in queen.fleet.hives() if h.state != "stopped")],
             "workers": {
                 "total": len(workers),
                 "ready": sum(1 for w in workers if w.state == "ready"),
@@ -119,11 +121,13 @@ def create_app(queen: Queen) -> Starlette:
                 _generation_route("/v1/completions", parse_completion_request),
                 methods=["POST"],
             ),
-            *worker_routes(),
+            *admin_routes(),
+            *job_routes(),
         ],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.queen = queen
-    app.state.hive = queen.hive  # integrated mode: the local hive's worker routes are ours
+    app.state.jobs = queen.jobs
+    app.state.job_runners = JOB_RUNNERS
     return app

@@ -155,6 +155,7 @@ def queen_run_argv(paths: Paths, options: QueenOptions) -> list[str]:
     argv = [
         sys.executable, "-m", "rbee",
         "--data-dir", str(paths.data_dir), "--config-dir", str(paths.config_dir),
+        *(["--hives", str(options.hives_conf)] if options.hives_conf else []),
         "queen", "run", "--host", options.host, "--port", str(options.port),
     ]  # fmt: skip
     for spec in options.models:

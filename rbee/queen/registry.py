@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from rbee.api.workers import WorkerInfo
 from rbee.queen.scheduler import pick
 
-__all__ = ["Endpoint", "Registry"]
+__all__ = ["LOCAL_HIVE", "Endpoint", "Registry"]
+
+LOCAL_HIVE = "localhost"
+"""The hive the queen runs in its own process (integrated mode)."""
 
 
 @dataclass
@@ -16,18 +19,20 @@ class Endpoint:
 
     hive: str
     info: WorkerInfo
+    forward_url: str | None = None
+    """For a worker on another machine: the local end of its SSH port forward."""
     outstanding: int = 0
     dispatched: int = 0
 
     @property
     def id(self) -> str:
-        """The worker id."""
-        return self.info.id
+        """The worker id, unique across hives (`ID@hive` for a worker on another machine)."""
+        return self.info.id if self.hive == LOCAL_HIVE else f"{self.info.id}@{self.hive}"
 
     @property
     def url(self) -> str:
         """The worker's base URL."""
-        url = self.info.url
+        url = self.forward_url or self.info.url
         assert url is not None, "only ready workers are routed to"
         return url
 
@@ -36,18 +41,24 @@ class Registry:
     """Workers by id; hives report changes, the router asks for candidates."""
 
     def __init__(self) -> None:
-        self._endpoints: dict[str, Endpoint] = {}
+        self._endpoints: dict[tuple[str, str], Endpoint] = {}
 
-    def update(self, hive: str, info: WorkerInfo) -> None:
+    def update(self, hive: str, info: WorkerInfo, forward_url: str | None = None) -> None:
         """Record a worker's new state (an exited worker is forgotten)."""
+        key = (hive, info.id)
         if info.state == "exited":
-            self._endpoints.pop(info.id, None)
+            self._endpoints.pop(key, None)
             return
-        current = self._endpoints.get(info.id)
+        current = self._endpoints.get(key)
         if current is None:
-            self._endpoints[info.id] = Endpoint(hive=hive, info=info)
+            self._endpoints[key] = Endpoint(hive=hive, info=info, forward_url=forward_url)
         else:
             current.info = info
+            current.forward_url = forward_url or current.forward_url
+
+    def endpoint(self, hive: str, worker_id: str) -> Endpoint | None:
+        """The endpoint of one worker, if it is known."""
+        return self._endpoints.get((hive, worker_id))
 
     def endpoints(self) -> list[Endpoint]:
         """Every known worker."""

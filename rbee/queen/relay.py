@@ -116,7 +116,9 @@ class Relay:
                 else:
                     # A whole answer arrives only when generation ends: watch the client meanwhile.
                     upstream = await until_disconnect(request, client.send(upstream_request))
-            except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as err:
+                # Nothing came back: the worker (or the SSH forward to it) is gone. Generation has
+                # no side effects, so the request may go to another replica.
                 await release()
                 log.warning("worker %s unreachable (%r); trying another", endpoint.id, err)
                 continue

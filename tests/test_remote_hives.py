@@ -1,0 +1,159 @@
+"""Hives on other machines: two network namespaces with real sshd, driven by a real queen.
+
+The hives run this checkout's rbee (RBEE_HIVE_COMMAND) since installing is tested on its own;
+the model reaches each hive by upload from the queen's store, as it would on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from rbee.config.settings import Paths
+from tests import http
+from tests.conftest import MODEL, RunningQueen, make_paths, rbee, running_queen, wait_until
+from tests.hives import HiveSet, TestHive, cut_link, pids_in, restore_link, two_hives
+
+__all__ = ["two_hives"]
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+
+
+def rbee_pids_in(hive: TestHive) -> list[int]:
+    """rbee processes (hives, workers) in a hive's namespace."""
+    found = []
+    for pid in pids_in(hive):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"rbee" in cmdline and b"sshd" not in cmdline:
+            found.append(pid)
+    return found
+
+
+def queen_for(two_hives: HiveSet, paths: Paths) -> contextlib.AbstractContextManager[RunningQueen]:
+    """A queen that knows the two hives (they run this checkout's rbee)."""
+    env = {"RBEE_HIVE_COMMAND": f"{sys.executable} -m rbee"}
+    return running_queen(paths, models=(), global_args=("--hives", str(two_hives.config)),
+                         env=env)  # fmt: skip
+
+
+@pytest.fixture
+def fleet(two_hives: HiveSet, tmp_path: Path, model_cache: Path) -> Iterator[RunningQueen]:
+    """A queen that knows the two hives, with nothing started yet."""
+    with queen_for(two_hives, make_paths(tmp_path, model_cache)) as queen:
+        yield queen
+    for hive in two_hives:
+        wait_until(lambda hive=hive: rbee_pids_in(hive) == [], 20, f"{hive.alias} to be empty")
+
+
+def cli(queen: RunningQueen, *args: str) -> str:
+    result = rbee(queen.paths, "--queen", queen.url, *args, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def start_both(queen: RunningQueen) -> None:
+    for alias in ("hive1", "hive2"):
+        assert f"hive {alias} running" in cli(queen, "hive", "start", alias)
+        assert "ready" in cli(queen, "worker", "spawn", "--model", MODEL, "--hive", alias)
+
+
+def test_chat_lands_on_both_hives_and_sigkill_of_the_queen_leaves_nothing(
+    fleet: RunningQueen, two_hives: HiveSet
+) -> None:
+    start_both(fleet)
+    workers = fleet.workers()
+    assert sorted(str(w["hive"]) for w in workers) == ["hive1", "hive2"]
+    assert all(str(w["id"]).endswith(f"@{w['hive']}") for w in workers)
+    with openai.OpenAI(base_url=fleet.base_url, api_key="x", max_retries=0) as client:
+        for i in range(4):
+            answer = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"Say {i}."}], max_tokens=8
+            )
+            assert answer.choices[0].message.content
+    served = {str(w["hive"]): int(str(w["dispatched"])) for w in fleet.workers()}
+    assert served == {"hive1": 2, "hive2": 2}, served
+    assert all(rbee_pids_in(h) for h in two_hives)
+    fleet.proc.send_signal(signal.SIGKILL)
+    fleet.proc.wait(10)
+    killed = time.monotonic()
+    for hive in two_hives:
+        wait_until(lambda hive=hive: rbee_pids_in(hive) == [], 5, f"{hive.alias} to empty")
+    assert time.monotonic() - killed < 5
+
+
+def test_cut_link_ends_the_hive_within_the_lease_then_it_comes_back(
+    fleet: RunningQueen, two_hives: HiveSet
+) -> None:
+    start_both(fleet)
+    hive1 = two_hives["hive1"]
+    (old_pid,) = [w["pid"] for w in fleet.workers() if w["hive"] == "hive1"]
+    cut = time.monotonic()
+    cut_link(hive1)
+    try:
+        wait_until(lambda: rbee_pids_in(hive1) == [], 25, "hive1 to stop itself (lease)")
+        assert time.monotonic() - cut <= 15 + 5  # the lease, plus the workers' grace period
+        # The other hive is untouched and still serves.
+        assert rbee_pids_in(two_hives["hive2"])
+    finally:
+        restore_link(hive1)
+
+    def restored() -> bool:
+        return any(
+            w["hive"] == "hive1" and w["state"] == "ready" and w["pid"] != old_pid
+            for w in fleet.workers()
+        )
+
+    wait_until(restored, 90, "the queen to reconnect to hive1 and restore its worker")
+    for _ in range(2):  # one lands on each hive
+        r = http.post(f"{fleet.base_url}/completions",
+                      json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})  # fmt: skip
+        assert r.status_code == 200, r.text
+
+
+def test_stop_a_hive_and_bad_requests(fleet: RunningQueen, two_hives: HiveSet) -> None:
+    cli(fleet, "hive", "start", "hive1")
+    assert "hive hive1 stopped" in cli(fleet, "hive", "stop", "hive1")
+    wait_until(lambda: rbee_pids_in(two_hives["hive1"]) == [], 15, "hive1 to stop")
+    bad = rbee(fleet.paths, "--queen", fleet.url, "hive", "start", "nope")
+    assert bad.returncode == 1
+    assert "unknown hive 'nope'" in bad.stderr
+    bad = rbee(fleet.paths, "--queen", fleet.url, "worker", "spawn", "--model", MODEL,
+               "--hive", "hive2")  # fmt: skip
+    assert bad.returncode == 1
+    assert "not started" in bad.stderr
+
+
+def test_a_restarted_queen_brings_its_hives_and_workers_back(
+    two_hives: HiveSet, tmp_path: Path, model_cache: Path
+) -> None:
+    paths = make_paths(tmp_path, model_cache)
+    with queen_for(two_hives, paths) as queen:
+        start_both(queen)
+        before = sorted(str(w["hive"]) for w in queen.workers())
+    for hive in two_hives:
+        wait_until(lambda hive=hive: rbee_pids_in(hive) == [], 20, f"{hive.alias} to stop")
+    with queen_for(two_hives, paths) as queen:
+
+        def back() -> bool:
+            ready = [w for w in queen.workers() if w["state"] == "ready"]
+            return sorted(str(w["hive"]) for w in ready) == before
+
+        wait_until(back, 120, "the restarted queen to restore both hives' workers")
+        r = http.post(f"{queen.base_url}/completions",
+                      json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})  # fmt: skip
+        assert r.status_code == 200, r.text
+        # The models were already on the hives: nothing was uploaded again (this is the second
+        # queen's log).
+        assert "uploading model" not in (paths.data_dir / "test-queen.log").read_text()
+    for hive in two_hives:
+        wait_until(lambda hive=hive: rbee_pids_in(hive) == [], 20, f"{hive.alias} to stop")
