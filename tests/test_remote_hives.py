@@ -71,6 +71,10 @@ def test_chat_lands_on_both_hives_and_sigkill_of_the_queen_leaves_nothing(
     fleet: RunningQueen, two_hives: HiveSet
 ) -> None:
     start_both(fleet)
+    for alias in ("hive1", "hive2"):
+        listed = cli(fleet, "model", "list", "--hive", alias)
+        assert MODEL in listed
+        assert "queen:" in listed  # uploaded from the queen's store
     workers = fleet.workers()
     assert sorted(str(w["hive"]) for w in workers) == ["hive1", "hive2"]
     assert all(str(w["id"]).endswith(f"@{w['hive']}") for w in workers)

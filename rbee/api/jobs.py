@@ -12,6 +12,7 @@ one final event, `done` or `error`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -22,6 +23,7 @@ from rbee.errors import ApiError
 
 __all__ = [
     "OPERATION_PARSERS",
+    "HiveAction",
     "JobEvent",
     "JobEventType",
     "JobState",
@@ -108,8 +110,41 @@ class WorkerSpawn:
         return {"kind": self.kind, **dataclasses.asdict(self.spec), "hive": self.hive}
 
 
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class HiveAction:
+    """Start or stop a hive from hives.conf over SSH (`hive.start`, `hive.stop`)."""
+
+    alias: str
+    kind: str
+
+    @classmethod
+    def parser(cls, kind: str) -> OperationParser:
+        """The parser of `{"kind": kind, "alias"}`."""
+
+        def parse(raw: Mapping[str, Any]) -> HiveAction:
+            check_fields(raw, kind, ("alias",))
+            alias = raw.get("alias")
+            if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
+                raise ApiError(400, "operation.alias must be a hive alias from hives.conf",
+                               param="operation.alias")  # fmt: skip
+            return cls(alias, kind)
+
+        return parse
+
+    def to_json(self) -> dict[str, Any]:
+        """The operation as JSON."""
+        return {"kind": self.kind, "alias": self.alias}
+
+
 OPERATION_PARSERS: Mapping[str, OperationParser] = MappingProxyType(
-    {WorkerSpawn.kind: WorkerSpawn.parse}
+    {
+        WorkerSpawn.kind: WorkerSpawn.parse,
+        "hive.start": HiveAction.parser("hive.start"),
+        "hive.stop": HiveAction.parser("hive.stop"),
+    }
 )
 """The operation kinds rbee itself defines."""
 

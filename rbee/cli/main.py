@@ -143,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = commands.add_parser("model", help="models in the catalog and the store")
     model_cmds = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    model_cmds.add_parser("list", help="list known and stored models").set_defaults(
-        handler=remote.model_list
-    )
+    mlist = model_cmds.add_parser("list", help="list known and stored models")
+    mlist.add_argument("--hive", help="list a started hive's store instead (via the queen)")
+    mlist.set_defaults(handler=remote.model_list)
 
     hive = commands.add_parser("hive", help="the machines in hives.conf")
     hive_cmds = hive.add_subparsers(dest="hive_command", required=True, metavar="ACTION")

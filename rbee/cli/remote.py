@@ -9,7 +9,7 @@ from typing import Any
 from rbee.api.client import QueenClient
 from rbee.api.jobs_client import queen_http
 from rbee.cli.jobs import run_job
-from rbee.cli.output import emit, note, table
+from rbee.cli.output import emit, table
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
 from rbee.models.catalog import CATALOG
 from rbee.models.store import ModelStore
@@ -88,7 +88,17 @@ def worker_stop(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def model_list(args: argparse.Namespace, paths: Paths) -> int:
-    """Print the catalog and what the local store holds."""
+    """Print the catalog and what the local store holds (or a hive's store, via the queen)."""
+    if args.hive:
+        with _client(args, paths) as client:
+            listed = client.request("GET", f"/v1/hives/{args.hive}/models")["data"]
+        if not listed:
+            emit(f"no models on {args.hive} (they are uploaded when a worker needs them)")
+            return 0
+        table(["ID", "FORMAT", "SIZE", "SHA256", "SOURCE"],
+              [[m["id"], m["format"], f"{m['size'] / 1e6:.0f} MB", m["sha256"][:12],
+                m["source"]] for m in listed])  # fmt: skip
+        return 0
     store = ModelStore(paths.models_dir)
     stored = {m.id: m for m in store.list()}
     rows = []
@@ -129,18 +139,16 @@ def infer(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def hive_start(args: argparse.Namespace, paths: Paths) -> int:
-    """Ask the queen to start a hive over SSH and wait until it serves."""
-    with _client(args, paths) as client:
-        note(f"starting hive {args.alias} over SSH")
-        hive = client.request("POST", f"/v1/hives/{args.alias}/start",
-                              timeout=client.long_timeout)  # fmt: skip
+    """Have the queen start a hive over SSH (a job), and wait until it serves."""
+    with _client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
+        hive = run_job(http, {"kind": "hive.start", "alias": args.alias})
     emit(f"hive {hive['name']} running on {hive['host']} (pid {hive['pid']})")
     return 0
 
 
 def hive_stop(args: argparse.Namespace, paths: Paths) -> int:
-    """Ask the queen to stop a hive; its workers stop with it."""
-    with _client(args, paths) as client:
-        client.request("POST", f"/v1/hives/{args.alias}/stop", timeout=client.long_timeout)
+    """Have the queen stop a hive (a job); its workers stop with it."""
+    with _client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
+        run_job(http, {"kind": "hive.stop", "alias": args.alias})
     emit(f"hive {args.alias} stopped")
     return 0

@@ -79,6 +79,19 @@ async def list_hives(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [local, *remote]})
 
 
+async def hive_models(request: Request) -> Response:
+    alias = request.path_params["alias"]
+    queen = _queen(request)
+    if alias == LOCAL_HIVE:
+        models = [m.describe() for m in queen.hive.models()]
+    else:
+        try:
+            models = await queen.fleet.get(alias).models()
+        except WorkerError as err:
+            raise ApiError(404, str(err), param="alias", code="hive_not_found") from err
+    return JSONResponse({"object": "list", "hive": alias, "data": models})
+
+
 async def start_hive(request: Request) -> Response:
     alias = request.path_params["alias"]
     try:
@@ -107,6 +120,7 @@ def admin_routes() -> list[Route]:
         Route("/v1/workers", spawn_worker, methods=["POST"]),
         Route("/v1/workers/{worker_id}", stop_worker, methods=["DELETE"]),
         Route("/v1/hives", list_hives, methods=["GET"]),
+        Route("/v1/hives/{alias}/models", hive_models, methods=["GET"]),
         Route("/v1/hives/{alias}/start", start_hive, methods=["POST"]),
         Route("/v1/hives/{alias}/stop", stop_hive, methods=["POST"]),
     ]

@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from rbee.api.jobs import WorkerSpawn
+from rbee.api.jobs import HiveAction, WorkerSpawn
 from rbee.models.catalog import validate_model_id
 from rbee.models.sources import ensure_model
 from rbee.queen.jobs import Progress, Runner, RunnerFactory
 from rbee.queen.service import LOCAL_HIVE, Queen
 
-__all__ = ["JOB_RUNNERS", "worker_spawn"]
+__all__ = ["JOB_RUNNERS", "hive_start", "hive_stop", "worker_spawn"]
 
 
 def worker_spawn(operation: Any, state: Any) -> Runner:
@@ -42,5 +42,36 @@ def worker_spawn(operation: Any, state: Any) -> Runner:
     return run
 
 
-JOB_RUNNERS: Mapping[str, RunnerFactory] = MappingProxyType({WorkerSpawn.kind: worker_spawn})
+def hive_start(operation: Any, state: Any) -> Runner:
+    """`hive.start`: connect over SSH, start the hive, wait until it serves."""
+    if not isinstance(operation, HiveAction):
+        raise TypeError(f"hive_start runs a HiveAction, not {operation!r}")
+    queen: Queen = state.queen
+
+    async def run(progress: Progress) -> dict[str, Any]:
+        progress.step(1, 1, f"starting hive {operation.alias} over SSH…")
+        hive = await queen.fleet.start(operation.alias)
+        progress.log(f"hive {hive.name} running on {hive.hive.hostname} (pid {hive.pid})")
+        return hive.describe()
+
+    return run
+
+
+def hive_stop(operation: Any, state: Any) -> Runner:
+    """`hive.stop`: stop the hive; its workers stop with it."""
+    if not isinstance(operation, HiveAction):
+        raise TypeError(f"hive_stop runs a HiveAction, not {operation!r}")
+    queen: Queen = state.queen
+
+    async def run(progress: Progress) -> dict[str, Any]:
+        progress.step(1, 1, f"stopping hive {operation.alias} and its workers…")
+        await queen.fleet.stop(operation.alias)
+        return {"name": operation.alias, "state": "stopped"}
+
+    return run
+
+
+JOB_RUNNERS: Mapping[str, RunnerFactory] = MappingProxyType(
+    {WorkerSpawn.kind: worker_spawn, "hive.start": hive_start, "hive.stop": hive_stop}
+)
 """Runner factories by operation kind."""

@@ -99,6 +99,12 @@ class RemoteHive:
             "last_error": self.last_error,
         }
 
+    async def models(self) -> list[dict[str, Any]]:
+        """The models in this hive's store, as the hive reports them."""
+        listed = await self._http("GET", "/v1/models")
+        models: list[dict[str, Any]] = listed["data"]
+        return models
+
     async def wait_running(self, limit: float) -> None:
         """Wait until the hive serves; SshError with the last error if it does not in time."""
         try:
