@@ -156,6 +156,10 @@ def test_the_installed_hive_is_what_the_queen_starts(
     paths = make_paths(tmp_path, model_cache)
     conf = installed.hives.config
     with running_queen(paths, models=(), global_args=("--hives", str(conf))) as queen:
+        # With a queen running, install runs as one of its jobs (here: already up to date).
+        again = rbee(paths, "--queen", queen.url, "hive", "install", "hive2", timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert "is up to date" in again.stdout
         started = rbee(paths, "--queen", queen.url, "hive", "start", "hive2", timeout=300)
         assert started.returncode == 0, started.stderr
         spawned = rbee(paths, "--queen", queen.url, "worker", "spawn", "--model", MODEL,

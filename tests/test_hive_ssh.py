@@ -50,6 +50,7 @@ def test_status_shows_the_facts_of_each_hive(two_hives: HiveSet, tmp_path: Path)
         assert result.stdout.startswith(f"{hive.alias}: ")
         assert "linux x86_64" in result.stdout or "linux aarch64" in result.stdout
         assert "cores" in result.stdout
+        assert "hive: not started (no queen is running)" in result.stdout
 
 
 def test_unknown_key_is_refused_until_trusted(two_hives: HiveSet, tmp_path: Path) -> None:

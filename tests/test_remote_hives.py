@@ -75,6 +75,10 @@ def test_chat_lands_on_both_hives_and_sigkill_of_the_queen_leaves_nothing(
         listed = cli(fleet, "model", "list", "--hive", alias)
         assert MODEL in listed
         assert "queen:" in listed  # uploaded from the queen's store
+        status = cli(fleet, "--hives", str(two_hives.config), "hive", "status", alias)
+        assert "hive: running" in status
+        assert f"{MODEL} ready" in status
+        assert f"model store: {MODEL}" in status
     workers = fleet.workers()
     assert sorted(str(w["hive"]) for w in workers) == ["hive1", "hive2"]
     assert all(str(w["id"]).endswith(f"@{w['hive']}") for w in workers)

@@ -115,7 +115,7 @@ _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 @dataclass(frozen=True)
 class HiveAction:
-    """Start or stop a hive from hives.conf over SSH (`hive.start`, `hive.stop`)."""
+    """Install, start or stop a hive from hives.conf over SSH (`hive.install|start|stop`)."""
 
     alias: str
     kind: str
@@ -144,6 +144,7 @@ OPERATION_PARSERS: Mapping[str, OperationParser] = MappingProxyType(
         WorkerSpawn.kind: WorkerSpawn.parse,
         "hive.start": HiveAction.parser("hive.start"),
         "hive.stop": HiveAction.parser("hive.stop"),
+        "hive.install": HiveAction.parser("hive.install"),
     }
 )
 """The operation kinds rbee itself defines."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from rbee.api.jobs_client import queen_http
+from rbee.cli.jobs import run_job
 from rbee.cli.output import confirm, emit
 from rbee.config.hives import Hive, hives_path, load_hives
 from rbee.config.settings import Paths
+from rbee.queen.daemon import read_record
 from rbee.ssh.connection import HiveConnection
 from rbee.ssh.install import StepEvent, install_hive, uninstall_hive
 from rbee.ssh.wheelhouse import Target, Wheelhouse, build_wheelhouse, extra_dirs_from_env
@@ -36,7 +39,16 @@ def _wheels(n: int) -> str:
 
 
 def hive_install(args: argparse.Namespace, paths: Paths) -> int:
-    """Install rbee on a hive (or say it is up to date)."""
+    """Install rbee on a hive (or say it is up to date): as a queen job if a queen runs."""
+    record = read_record(paths)
+    url = args.queen or (record.url if record else None)
+    if url is not None:
+        with queen_http(url, api_key=args.api_key) as http:
+            done = run_job(http, {"kind": "hive.install", "alias": args.alias})
+        state = "is up to date" if done["up_to_date"] else "installed"
+        emit(f"{done['alias']}: rbee {done['rbee_version']} {state} in {done['install_dir']} "
+             f"({done['seconds']:.1f}s)")  # fmt: skip
+        return 0
     hive, connection = _hive(args, paths)
     cache_root, extra_dirs = paths.data_dir / "wheelhouse", extra_dirs_from_env()
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from rbee.api.client import QueenClient
 from rbee.cli.output import confirm, emit, table
 from rbee.config.hives import Hive, hives_path, load_hives
 from rbee.config.settings import Paths
-from rbee.errors import HostKeyError
+from rbee.errors import HostKeyError, QueenError
 from rbee.hive.facts import Facts
+from rbee.queen.daemon import read_record
 from rbee.ssh.connection import HiveConnection
 from rbee.ssh.facts import remote_facts
 from rbee.ssh.trust import fetch_host_key, record_host_key
@@ -70,4 +72,33 @@ def hive_status(args: argparse.Namespace, paths: Paths) -> int:
             return await remote_facts(conn, hive.python)
 
     _print_facts(hive, asyncio.run(gather()))
+    _print_queen_view(args, paths, hive.alias)
     return 0
+
+
+def _print_queen_view(args: argparse.Namespace, paths: Paths, alias: str) -> None:
+    """What the queen knows of the hive: its state, workers and model store."""
+    record = read_record(paths)
+    url = args.queen or (record.url if record else None)
+    if url is None:
+        emit("  hive: not started (no queen is running)")
+        return
+    try:
+        with QueenClient(url, api_key=args.api_key) as client:
+            hives = {h["name"]: h for h in client.request("GET", "/v1/hives")["data"]}
+            state = hives.get(alias)
+            if state is None or state["state"] == "stopped":
+                emit(f"  hive: not started (start it with `rbee hive start {alias}`)")
+                return
+            error = f"; last error: {state['last_error']}" if state["last_error"] else ""
+            emit(f"  hive: {state['state']} (pid {state['pid']}){error}")
+            workers = [w for w in client.workers() if w["hive"] == alias]
+            for w in workers:
+                emit(f"  worker {w['id']}: {w['model']} {w['state']} ({w['engine']}, "
+                     f"{w['device']})")  # fmt: skip
+            if state["state"] == "running":
+                models = client.request("GET", f"/v1/hives/{alias}/models")["data"]
+                names = ", ".join(f"{m['id']} ({m['size'] / 1e6:.0f} MB)" for m in models)
+                emit(f"  model store: {names or 'empty'}")
+    except QueenError as err:
+        emit(f"  hive: unknown ({err})")

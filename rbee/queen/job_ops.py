@@ -8,12 +8,17 @@ from types import MappingProxyType
 from typing import Any
 
 from rbee.api.jobs import HiveAction, WorkerSpawn
+from rbee.config.hives import load_hives
+from rbee.errors import ConfigError
 from rbee.models.catalog import validate_model_id
 from rbee.models.sources import ensure_model
 from rbee.queen.jobs import Progress, Runner, RunnerFactory
 from rbee.queen.service import LOCAL_HIVE, Queen
+from rbee.ssh.connection import HiveConnection
+from rbee.ssh.install import StepEvent, install_hive
+from rbee.ssh.wheelhouse import Target, Wheelhouse, build_wheelhouse, extra_dirs_from_env
 
-__all__ = ["JOB_RUNNERS", "hive_start", "hive_stop", "worker_spawn"]
+__all__ = ["JOB_RUNNERS", "hive_install", "hive_start", "hive_stop", "worker_spawn"]
 
 
 def worker_spawn(operation: Any, state: Any) -> Runner:
@@ -71,7 +76,44 @@ def hive_stop(operation: Any, state: Any) -> Runner:
     return run
 
 
+def hive_install(operation: Any, state: Any) -> Runner:
+    """`hive.install`: the offline install of `rbee hive install`, run by the queen."""
+    if not isinstance(operation, HiveAction):
+        raise TypeError(f"hive_install runs a HiveAction, not {operation!r}")
+    queen: Queen = state.queen
+
+    async def run(progress: Progress) -> dict[str, Any]:
+        conf = queen.options.hives_conf
+        if conf is None:
+            raise ConfigError("the queen has no hives.conf (start it with --hives PATH)")
+        config = load_hives(conf)
+        hive = config.get(operation.alias)
+        cache, extra = queen.paths.data_dir / "wheelhouse", extra_dirs_from_env()
+
+        def wheelhouse_for(target: Target, extras: tuple[str, ...]) -> Wheelhouse:
+            return build_wheelhouse(target, cache, extras=extras, extra_dirs=extra)
+
+        def step(event: StepEvent) -> None:
+            if event.state == "start":
+                progress.step(event.index, event.total, event.title)
+            elif event.state == "done":
+                progress.log(f"{event.title}: {event.result} in {event.seconds:.1f}s")
+
+        async with HiveConnection(hive.alias, config.path) as conn:
+            result = await install_hive(conn, hive, wheelhouse_for, step)
+        return {"alias": hive.alias, "up_to_date": result.up_to_date,
+                "rbee_version": result.rbee_version, "install_dir": result.install_dir,
+                "uploaded_files": result.uploaded_files, "seconds": result.seconds}  # fmt: skip
+
+    return run
+
+
 JOB_RUNNERS: Mapping[str, RunnerFactory] = MappingProxyType(
-    {WorkerSpawn.kind: worker_spawn, "hive.start": hive_start, "hive.stop": hive_stop}
+    {
+        WorkerSpawn.kind: worker_spawn,
+        "hive.install": hive_install,
+        "hive.start": hive_start,
+        "hive.stop": hive_stop,
+    }
 )
 """Runner factories by operation kind."""
