@@ -31,15 +31,21 @@ How
     /run/netns/NAME, which is what `ip netns pids` does, without starting two `ip` processes per
     poll); the clean-namespace check between trials uses `tests.hives.pids_in`. Times run from
     just before the SIGKILL (or the `ip link set eth0 down` of the cut) to the start of the first
-    scan that finds nothing.
+    scan that finds nothing. The same polls note when the last worker and the last hive
+    process went (by command line: `worker run` / `hive run`), to tell the two apart.
+
+Everything started is stopped on exit, Ctrl+C included: each queen is SIGTERMed (then SIGKILLed)
+when its trial ends, and dies with this script anyway (PR_SET_PDEATHSIG); `test_hives` kills
+whatever is left in the namespaces and removes them. Files (queen logs, the hives' roots) go to
+a cascade-bench-* temporary directory, kept only when a trial failed, left orphans or was odd.
 
 This script imports tests.hives (test_hives, cut_link, restore_link, pids_in) and tests.conftest
 (make_paths, rbee_env, free_port, MODEL) from this repository, so it needs the dev extra (pytest)
 and, like the SSH tests, root, `ip netns` and OpenSSH sshd (`make sysdeps`).
 
-Run `.venv/bin/python bench/cascade.py` (20 trials of each kind, about 15 minutes), or
-`--quick` (3 of each, about 2 minutes) or `--trials N`. The result table replaces the section
-between the cascade markers in docs/benchmarks.md; progress goes to stderr.
+Run `.venv/bin/python bench/cascade.py` (20 trials of each kind, about 10 minutes on a quiet
+2-core machine), or `--quick` (3 of each, about 1.5 minutes) or `--trials N`. The result table
+replaces the section between the cascade markers in docs/benchmarks.md; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -138,6 +144,10 @@ class Trial:
     wall: float = 0.0
     """The whole trial, setup and clean-up included."""
     notes: list[str] = field(default_factory=list)
+    load: float = math.nan
+    """The 1-minute load average when the measurement started."""
+    roles: dict[str, float] = field(default_factory=dict)
+    """Seconds to the last worker gone ("worker") and to the last hive gone ("hive")."""
 
     @property
     def failed(self) -> bool:
@@ -216,21 +226,44 @@ def checked_rbee_pids(hives: Iterable[TestHive]) -> set[int]:
     return {pid for hive in hives for pid in pids_in(hive) if _is_rbee(str(pid))}
 
 
-def wait_empty(
-    hives: Sequence[TestHive], since: float, deadline: float
-) -> tuple[float | None, set[int]]:
-    """Poll every POLL s until the hives hold no rbee process.
+def role(pid: int) -> str:
+    """ "worker" or "hive" (from the command line), else "other"."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "other"
+    return "worker" if b"worker" in argv else "hive" if b"hive" in argv else "other"
 
-    Returns (seconds from `since`, set()) or, at `deadline` seconds, (None, what is left).
-    """
+
+@dataclass
+class Emptied:
+    """What one wait_empty saw."""
+
+    seconds: float | None
+    """From `since` to the first scan that found nothing; None at the deadline."""
+    left: set[int]
+    """What was still there at the deadline."""
+    roles: dict[str, float]
+    """Seconds from `since` to the first scan without any process of each role ("worker")."""
+
+
+def wait_empty(hives: Sequence[TestHive], since: float, deadline: float) -> Emptied:
+    """Poll every POLL s until the hives hold no rbee process, or `deadline` s after `since`."""
+    roles: dict[int, str] = {}
+    cleared: dict[str, float] = {}
     next_poll = time.monotonic()
     while True:
         now = time.monotonic()
         left = rbee_pids(hives)
+        for pid in left - roles.keys():
+            roles[pid] = role(pid)
+        present = {roles[pid] for pid in left}
+        for name in set(roles.values()) - present - cleared.keys():
+            cleared[name] = now - since
         if not left:
-            return now - since, set()
+            return Emptied(now - since, set(), cleared)
         if now - since >= deadline:
-            return None, left
+            return Emptied(None, left, cleared)
         next_poll += POLL
         time.sleep(max(0.0, next_poll - time.monotonic()))
 
@@ -388,8 +421,9 @@ def measure_sigkill(queen: Queen, hive_set: HiveSet, trial: Trial) -> None:
     hives = list(hive_set)
     since = time.monotonic()
     queen.proc.send_signal(signal.SIGKILL)
-    trial.seconds, left = wait_empty(hives, since, SIGKILL_DEADLINE)
+    emptied = wait_empty(hives, since, SIGKILL_DEADLINE)
     queen.proc.wait()
+    trial.seconds, trial.roles, left = emptied.seconds, emptied.roles, emptied.left
     if left:
         trial.orphans |= left
         progress(f"  orphans {SIGKILL_DEADLINE:.0f}s after the SIGKILL: {describe(left)}")
@@ -401,7 +435,8 @@ def measure_cut(queen: Queen, hive_set: HiveSet, trial: Trial) -> None:
     since = time.monotonic()
     cut_link(hive1)
     try:
-        trial.seconds, left = wait_empty([hive1], since, CUT_DEADLINE)
+        emptied = wait_empty([hive1], since, CUT_DEADLINE)
+        trial.seconds, trial.roles, left = emptied.seconds, emptied.roles, emptied.left
         if not rbee_pids(others):
             trial.notes.append("the other hive emptied too during the cut")
     finally:
@@ -418,12 +453,12 @@ def stop_and_drain(queen: Queen, hive_set: HiveSet, trial: Trial) -> set[int]:
     if took > 10:
         trial.notes.append(f"the queen took {took:.1f}s to exit on SIGTERM")
     hives = list(hive_set)
-    emptied, left = wait_empty(hives, time.monotonic(), STOP_DEADLINE)
-    if left:
-        progress(f"  orphans {STOP_DEADLINE:.0f}s after a normal stop: {describe(left)}")
-    elif emptied is not None and emptied > 10:
-        trial.notes.append(f"the hives took {emptied:.1f}s to empty after the queen's stop")
-    return left
+    emptied = wait_empty(hives, time.monotonic(), STOP_DEADLINE)
+    if emptied.left:
+        progress(f"  orphans {STOP_DEADLINE:.0f}s after a normal stop: {describe(emptied.left)}")
+    elif emptied.seconds is not None and emptied.seconds > 10:
+        trial.notes.append(f"the hives took {emptied.seconds:.1f}s to empty after the queen's stop")
+    return emptied.left
 
 
 def ensure_clean(hive_set: HiveSet, trial: Trial) -> None:
@@ -451,7 +486,8 @@ def run_trial(kind: Kind, index: int, hive_set: HiveSet, model_cache: Path, base
             progress(f"  setup failed: {err}; queen log: {queen.log}")
             trial.orphans |= stop_and_drain(queen, hive_set, trial)
         else:
-            progress(f"  up in {time.monotonic() - started:.1f}s; measuring")
+            trial.load = os.getloadavg()[0]
+            progress(f"  up in {time.monotonic() - started:.1f}s; load {trial.load:.2f}; measuring")
             (measure_sigkill if kind == "sigkill" else measure_cut)(queen, hive_set, trial)
     ensure_clean(hive_set, trial)
     trial.wall = time.monotonic() - started
@@ -466,6 +502,8 @@ def report_trial(trial: Trial, total: int) -> None:
         outcome = "deadline reached"
     else:
         outcome = f"{trial.seconds:.3f}s to zero"
+    outcome += "".join(f", last {name} gone at {sec:.3f}s" for name, sec in
+                       sorted(trial.roles.items()))  # fmt: skip
     extra = "".join(f"; {n}" for n in trial.notes)
     progress(
         f"{trial.kind} {trial.index}/{total}: {outcome}, {len(trial.orphans)} orphan(s), "
@@ -561,6 +599,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def max_load(trials: Sequence[Trial]) -> str:
+    """The highest 1-minute load average at the start of a measurement."""
+    loads = [t.load for t in trials if not math.isnan(t.load)]
+    return f"{max(loads):.2f}" if loads else "n/a"
+
+
 def load_average() -> str:
     """The 1-minute load average."""
     with contextlib.suppress(OSError):
@@ -580,7 +624,8 @@ class RunInfo:
     """What the header table says about the run itself."""
 
     settings: Settings
-    load: tuple[str, str]
+    load: tuple[str, str, str]
+    """At the start, at the end, and the highest when a measurement started."""
     runtime: float
 
 
@@ -602,9 +647,23 @@ def environment_lines(info: RunInfo) -> list[str]:
         f"| trials | {info.settings.trials} of each kind, alternated, a fresh queen each; "
         f"poll every {POLL * 1000:.0f} ms |",
         f"| runtime | {info.runtime / 60:.1f} min |",
-        f"| load average (1 min) | {info.load[0]} at start, {info.load[1]} at end |",
+        f"| load average (1 min) | {info.load[0]} at start, {info.load[1]} at end, "
+        f"{info.load[2]} at most when a measurement started |",
         f"| command | `{command}` |",
     ]
+
+
+def role_note(kind: Kind, trials: Sequence[Trial]) -> str:
+    """When the last worker and the last hive process went, p50 and max over the trials."""
+    parts = []
+    for name in ("worker", "hive"):
+        times = [t.roles[name] for t in trials if name in t.roles and t.seconds is not None]
+        if times:
+            parts.append(
+                f"last {name} process gone p50 {percentile(times, 50):.2f} s, "
+                f"max {max(times):.2f} s"
+            )
+    return f"{kind} breakdown: {'; '.join(parts) or 'no timing'}."
 
 
 def trial_notes(trials: Sequence[Trial]) -> list[str]:
@@ -615,6 +674,7 @@ def trial_notes(trials: Sequence[Trial]) -> list[str]:
         times = ", ".join("failed" if t.failed else "—" if t.seconds is None
                           else f"{t.seconds:.2f}" for t in mine)  # fmt: skip
         notes.append(f"{kind} times (s), in order: {times}.")
+        notes.append(role_note(kind, mine))
     for t in trials:
         if t.error:
             notes.append(f"{t.kind} {t.index} failed to set up: {t.error[:300]}")
@@ -645,6 +705,9 @@ def render(trials: Sequence[Trial], info: RunInfo) -> str:
         f"- Orphans: rbee processes alive at the deadline ({SIGKILL_DEADLINE:g} s after the "
         f"SIGKILL, {CUT_DEADLINE:g} s after the cut) or {STOP_DEADLINE:g} s after the queen's "
         "normal stop (SIGTERM) that ends every cut trial; they are killed before the next trial.",
+        f"- A cut hive stops {LEASE:g} s after the last heartbeat it received, and heartbeats "
+        f"come every {HEARTBEAT:g} s: expect {LEASE - HEARTBEAT:g} to {LEASE:g} s after the cut, "
+        "plus the time the hive takes to stop its worker and exit.",
         f"- Mean wall time per trial, setup and clean-up included: {per_trial}.",
         *(f"- {note}" for note in trial_notes(trials)),
         END_MARK,
@@ -714,7 +777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress(f"files and logs kept in {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
-    info = RunInfo(settings, (load_start, load_average()), time.monotonic() - started)
+    loads = (load_start, load_average(), max_load(trials))
+    info = RunInfo(settings, loads, time.monotonic() - started)
     section = render(trials, info)
     write_section(section)
     progress(f"wrote {DOC.relative_to(ROOT)} in {info.runtime:.0f}s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -249,3 +250,18 @@ def test_an_installed_distribution_packs_into_a_valid_wheel(tmp_path: Path) -> N
             b64 = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             assert (digest, int(size)) == (f"sha256={b64}", len(data))
         assert len(record) == len(names)
+
+
+@pytest.mark.slow
+def test_rbee_wheel_is_reproducible(tmp_path: Path) -> None:
+    # A wheelhouse rebuilt in another data dir must still find an installed hive up to date.
+    from rbee.ssh.wheelhouse import _build_rbee, rbee_source  # noqa: PLC0415
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    source = rbee_source()
+    assert (
+        _build_rbee(first, source, sys.executable).sha256
+        == _build_rbee(second, source, sys.executable).sha256
+    )

@@ -518,9 +518,17 @@ def _tail(text: str) -> str:
     return " | ".join(line for line in text.strip().splitlines()[-3:] if line.strip())
 
 
-def _pip(argv: list[str]) -> subprocess.CompletedProcess[str]:
+# Zip timestamps from a fixed date: the same source gives the same wheel, byte for byte, so a
+# wheelhouse rebuilt elsewhere (another data dir, another queen) still finds a hive up to date.
+_REPRODUCIBLE = {"SOURCE_DATE_EPOCH": "315532800"}
+
+
+def _pip(
+    argv: list[str], extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     log.info("wheelhouse: %s", " ".join(argv))
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+           **(extra_env or {})}  # fmt: skip
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=_PIP_TIMEOUT,
                               check=False, env=env)  # fmt: skip
@@ -607,12 +615,12 @@ def _build_rbee(directory: Path, source: RbeeSource, python: str) -> WheelFile:
 
 def _pip_wheel_rbee(python: str, tree: Path, out: Path) -> Path:
     base = [python, "-m", "pip", "wheel", "--no-deps", "-w", str(out)]
-    proc = _pip([*base, "--no-build-isolation", str(tree)])
+    proc = _pip([*base, "--no-build-isolation", str(tree)], _REPRODUCIBLE)
     if proc.returncode != 0:
         # This environment's build backend is missing or older than pyproject.toml needs: let pip
         # fetch the one it names (the queen has an index; hives never need one).
         log.info("building rbee's wheel without build isolation failed; retrying with isolation")
-        proc = _pip([*base, str(tree)])
+        proc = _pip([*base, str(tree)], _REPRODUCIBLE)
     wheels = sorted(out.glob("rbee-*.whl"))
     if proc.returncode != 0 or not wheels:
         raise WheelhouseError(f"building rbee's wheel failed: {_tail(proc.stderr)}")
