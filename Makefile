@@ -1,7 +1,7 @@
 # The targets people use are the targets CI uses.
 #   make run    set up everything, then serve the default model at http://127.0.0.1:8500/v1
 #   make test   set up everything, then lint, type-check and run every test
-#   make bench  run the benchmarks and rewrite docs/benchmarks.md
+#   make bench  run the benchmarks (relay, cascade, fanout) and rewrite docs/benchmarks.md
 
 PYTHON ?= python3
 VENV   := .venv
@@ -47,9 +47,11 @@ pytest: setup
 
 test: sysdeps lint typecheck pytest
 
-bench: setup
+bench: setup sysdeps
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/cascade.py
+	$(BIN)/python bench/fanout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache

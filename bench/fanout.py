@@ -33,8 +33,10 @@ What is measured
 
 How
     Rounds are interleaved (rbee cold facts, cold true, warm facts, warm true, then Ansible cold
-    and warm) so drift on a shared machine hits every column alike, with a short pause between
-    runs for the previous run's sessions to finish exiting. Each column reports the median and
+    and warm) so drift on a shared machine hits every column alike. Before each run the script
+    waits (up to 3 s) until the machine's cores are nearly idle, so the previous run's processes
+    (sessions, Ansible's workers) have exited; how busy the machine still was when runs started
+    is in the report. Each column reports the median and
     the minimum over its runs. Beside the wall time, each run records the CPU time of this
     process and its waited children (Ansible and its workers and ssh clients) and the busy CPU
     time of the whole machine (/proc/stat, every core, every process: sshd and the hive-side
@@ -47,7 +49,7 @@ How
 
 The hive fixtures come from tests/hives.py, so the repository root is put on sys.path. Needs
 root, ip netns, OpenSSH sshd and ansible-core (the `bench` extra). Run
-`.venv/bin/python bench/fanout.py` (about 7 minutes on 2 cores) or add `--quick` (about 2
+`.venv/bin/python bench/fanout.py` (6 to 8 minutes on 2 cores) or add `--quick` (about 2
 minutes: fewer runs, no pipelining column; indicative figures only).
 """
 
@@ -93,7 +95,9 @@ HIVE_PYTHON = "/usr/bin/python3"  # the hives' python3: Ansible's interpreter, l
 BIN = Path(sys.executable).parent
 ANSIBLE = BIN / "ansible"
 ANSIBLE_SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=60s"  # ansible-core's default
-PAUSE = 0.5  # seconds between runs, for the previous run's sessions to exit
+SETTLE_WINDOW = 0.25  # seconds per idle check before a run
+SETTLE_IDLE = 0.3  # busy cores below which the machine counts as idle
+SETTLE_TIMEOUT = 3.0  # seconds to wait for it at most
 RUN_TIMEOUT = 120.0  # seconds one rbee fan-out may take
 ANSIBLE_TIMEOUT = 300.0
 GOAL_COLD = 1.5  # seconds for 50 hives
@@ -142,6 +146,8 @@ class Sample:
     wall: float
     client_cpu: float
     machine_cpu: float
+    busy_before: float
+    """Busy cores of the machine just before the run (see settle())."""
 
 
 @dataclass
@@ -191,8 +197,20 @@ def cpu_snapshot() -> tuple[float, float, float]:
     return time.perf_counter(), own, machine_busy()
 
 
+async def settle() -> float:
+    """Wait until the machine is nearly idle, at most SETTLE_TIMEOUT; return its busy cores."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        busy0, started = machine_busy(), time.perf_counter()
+        await asyncio.sleep(SETTLE_WINDOW)
+        busy = (machine_busy() - busy0) / (time.perf_counter() - started)
+        if busy < SETTLE_IDLE or time.monotonic() > deadline:
+            return busy
+
+
 async def measure(tally: Tally, what: str, run: Callable[[], Awaitable[object]]) -> None:
-    """Time `run()` into `tally`; a RunFailed is recorded as a failure, not timed."""
+    """Time `run()` into `tally` once the machine is idle; a RunFailed is counted, not timed."""
+    busy_before = await settle()
     wall0, own0, busy0 = cpu_snapshot()
     try:
         await run()
@@ -201,13 +219,12 @@ async def measure(tally: Tally, what: str, run: Callable[[], Awaitable[object]])
         progress(f"  {what}: FAILED: {err}")
     else:
         wall1, own1, busy1 = cpu_snapshot()
-        sample = Sample(wall1 - wall0, own1 - own0, busy1 - busy0)
+        sample = Sample(wall1 - wall0, own1 - own0, busy1 - busy0, busy_before)
         tally.samples.append(sample)
         progress(
             f"  {what:<44} {sample.wall:7.3f} s  (client CPU {sample.client_cpu:5.2f} s, "
-            f"machine CPU {sample.machine_cpu:5.2f} s)"
+            f"machine CPU {sample.machine_cpu:5.2f} s; {busy_before:.2f} cores busy before)"
         )
-    await asyncio.sleep(PAUSE)
 
 
 async def all_ok(what: str, coros: Sequence[Awaitable[object]]) -> list[object]:
@@ -289,7 +306,6 @@ async def rbee_round(hive_set: HiveSet, n: int, results: Results) -> None:
     try:
         async with held(hive_set.config, aliases) as conns:
             await warm_run(conns, facts_op)  # unmeasured: the first exec on each connection
-            await asyncio.sleep(PAUSE)
             for column, op in OPS.items():
                 await measure(
                     results.tally((n, "warm", column)),
@@ -457,7 +473,6 @@ async def ansible_round(
                 )
         finally:
             stop_masters(control_dir)
-        await asyncio.sleep(PAUSE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,11 +585,13 @@ def startup_times(runs: int) -> dict[str, list[float]]:
     """Wall time of `rbee --help` and `ansible --version`: the CLIs' own start-up."""
     commands = {"rbee": [str(BIN / "rbee"), "--help"], "ansible": [str(ANSIBLE), "--version"]}
     times: dict[str, list[float]] = {name: [] for name in commands}
-    for _ in range(runs):
-        for name, argv in commands.items():
-            started = time.perf_counter()
-            subprocess.run(argv, capture_output=True, check=True)
-            times[name].append(time.perf_counter() - started)
+    with tempfile.TemporaryDirectory(prefix="rbee-fanout-") as tmp:
+        env = dict(os.environ, ANSIBLE_HOME=tmp, ANSIBLE_LOCAL_TEMP=tmp)  # not ~/.ansible
+        for _ in range(runs):
+            for name, argv in commands.items():
+                started = time.perf_counter()
+                subprocess.run(argv, capture_output=True, check=True, env=env)
+                times[name].append(time.perf_counter() - started)
     return times
 
 
@@ -773,7 +790,9 @@ def environment_lines(results: Results, load: tuple[str, str]) -> list[str]:
         f"| rbee | {rbee.__version__} |",
         f"| asyncssh | {asyncssh.__version__} |",
         f"| ansible-core | {importlib.metadata.version('ansible-core')} |",
-        f"| load average (1 min) | {load[0]} at start, {load[1]} at end |",
+        f"| load average (1 min) | {load[0]} at start, {load[1]} at end (Ansible's forks "
+        "raise it) |",
+        f"| machine before each run | {busy_before_text(results)} |",
         f"| command | `{command}` |",
         f"| Ansible command | `{ansible_cmd}` with ANSIBLE_HOST_KEY_CHECKING=True, "
         f"ANSIBLE_SSH_ARGS=`{ANSIBLE_SSH_ARGS}` (the default), a fresh "
@@ -782,6 +801,19 @@ def environment_lines(results: Results, load: tuple[str, str]) -> list[str]:
         "ansible_ssh_common_args=`-o UserKnownHostsFile=... -o StrictHostKeyChecking=yes`, "
         f"ansible_python_interpreter={HIVE_PYTHON} |",
     ]
+
+
+def busy_before_text(results: Results) -> str:
+    """How busy the machine was when the timed runs started."""
+    busy = [s.busy_before for t in results.tallies.values() for s in t.samples]
+    if not busy:
+        return "no runs"
+    waited = sum(b >= SETTLE_IDLE for b in busy)
+    return (
+        f"{statistics.median(busy):.2f} cores busy (median), {max(busy):.2f} at most; "
+        f"{waited} of {len(busy)} runs started after the {SETTLE_TIMEOUT:g} s wait without the "
+        f"machine falling below {SETTLE_IDLE} busy cores"
+    )
 
 
 def startup_note(results: Results) -> str:
@@ -853,7 +885,7 @@ def render(results: Results, settings: Settings, load: tuple[str, str]) -> str:
         "parses the whole file for every connection, so the per-connection options cost in the "
         f"breakdown is that of a {SIZES[-1]}-host file at every N.",
         "- Machine CPU counts every process on the machine, whatever else runs there too (see "
-        "the load average above).",
+        "the load average and the busy cores before each run above).",
         "- All hives are namespaces on this one machine: the work each hive would do on its own "
         "CPU (sshd, python3) here queues for the same cores as the client, so the figures are "
         "upper bounds for hives that are separate machines on a fast network.",
