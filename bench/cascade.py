@@ -76,6 +76,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for `tests.*` when run as `python bench/cascade.py`
 
+from benchdoc import write_section  # noqa: E402
+
 import rbee  # noqa: E402
 from rbee.config.settings import Paths, Timeouts  # noqa: E402
 from rbee.models.sources import ensure_model  # noqa: E402
@@ -715,18 +717,6 @@ def render(trials: Sequence[Trial], info: RunInfo) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str, doc: Path = DOC) -> None:
-    """Replace the text between the markers in `doc`, keeping the rest; append it if missing."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start, end = text.find(START_MARK), text.find(END_MARK)
-    if start != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(END_MARK) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text if text.endswith("\n") else text + "\n")
-
-
 # ---------------------------------------------------------------------------------------------
 # Main
 
@@ -780,7 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loads = (load_start, load_average(), max_load(trials))
     info = RunInfo(settings, loads, time.monotonic() - started)
     section = render(trials, info)
-    write_section(section)
+    write_section(section, START_MARK, END_MARK, DOC)
     progress(f"wrote {DOC.relative_to(ROOT)} in {info.runtime:.0f}s")
     print(section, end="")
     return 0

@@ -80,6 +80,8 @@ import asyncssh
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/hives.py is not part of the installed package
 
+from benchdoc import write_section  # noqa: E402
+
 import rbee  # noqa: E402
 from rbee.hive.facts import FACTS_SCRIPT  # noqa: E402
 from rbee.ssh.connection import HiveConnection  # noqa: E402
@@ -895,18 +897,6 @@ def render(results: Results, settings: Settings, load: tuple[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str, doc: Path = DOC) -> None:
-    """Replace the text between the markers in `doc`, keeping the rest; append if missing."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start, end = text.find(START_MARK), text.find(END_MARK)
-    if start != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(END_MARK) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text if text.endswith("\n") else text + "\n")
-
-
 # ---------------------------------------------------------------------------------------------
 # Main
 
@@ -959,7 +949,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = asyncio.run(run_all(hive_set, settings))
     results.startup = startup_times(3)
     section = render(results, settings, (load_start, load_average()))
-    write_section(section)
+    write_section(section, START_MARK, END_MARK, DOC)
     progress(f"wrote {DOC.relative_to(ROOT)} in {time.monotonic() - started:.0f}s")
     print(section, end="")
     return 0

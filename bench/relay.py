@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from benchdoc import write_section
 
 import rbee
 from rbee.models.catalog import DEFAULT_MODEL_ID
@@ -752,18 +753,6 @@ def render(results: Results, settings: Settings, servers: Servers, load: tuple[s
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str, doc: Path = DOC) -> None:
-    """Replace the text between the markers in `doc`, keeping the rest; create what is missing."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start, end = text.find(START_MARK), text.find(END_MARK)
-    if start != -1 and end > start:
-        text = text[:start] + section.rstrip("\n") + text[end + len(END_MARK) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text if text.endswith("\n") else text + "\n")
-
-
 # ---------------------------------------------------------------------------------------------
 # Main
 
@@ -792,7 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with servers() as running:
         results = asyncio.run(run_all(running.targets, settings))
         section = render(results, settings, running, (load_start, load_average()))
-    write_section(section)
+    write_section(section, START_MARK, END_MARK, DOC)
     progress(f"wrote {DOC.relative_to(ROOT)} in {time.monotonic() - started:.0f}s")
     print(section, end="")
     return 0
