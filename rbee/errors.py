@@ -33,6 +33,7 @@ __all__ = [
     "EngineError",
     "HostKeyError",
     "InstallError",
+    "InsufficientMemoryError",
     "ModelError",
     "ModelFetchError",
     "PortInUseError",
@@ -40,6 +41,7 @@ __all__ = [
     "QueenNotRunningError",
     "RbeeError",
     "RemoteCommandError",
+    "SelectionError",
     "SshError",
     "UnknownModelError",
     "WheelhouseError",
@@ -79,6 +81,14 @@ class ChecksumError(ModelError):
 
 class EngineError(RbeeError):
     """An engine failed to load a model or to generate."""
+
+
+class SelectionError(EngineError):
+    """No engine can run this model on this hive (or the one asked for cannot); says why."""
+
+
+class InsufficientMemoryError(EngineError):
+    """A model does not fit the free memory of the device it was meant for."""
 
 
 class WorkerError(RbeeError):
