@@ -72,7 +72,7 @@ class UnknownModelError(ModelError):
 
 
 class ModelFetchError(ModelError):
-    """The default model could not be downloaded or unpacked."""
+    """A model could not be fetched (from a wheel, the hub or a local path)."""
 
 
 class ChecksumError(ModelError):

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from rbee.config.settings import Paths
+from rbee.models.store import ModelStore
 from tests import http
 from tests.conftest import (
     MODEL,
@@ -150,9 +151,14 @@ def test_a_corrupted_model_stops_rbee_up_with_one_line(tmp_path: Path, model_cac
     paths = make_paths(tmp_path, None)
     folder = paths.models_dir / MODEL
     folder.mkdir()
-    manifest = json.loads((model_cache / MODEL / "manifest.json").read_text())
-    (folder / manifest["filename"]).symlink_to(model_cache / MODEL / manifest["filename"])
-    manifest["sha256"] = "0" * 64
+    stored = ModelStore(model_cache).get(MODEL)
+    assert stored is not None
+    gguf = stored.artifact("gguf")
+    assert gguf is not None
+    (folder / gguf.path.name).symlink_to(gguf.path)
+    # A manifest in the old single-file layout, with a wrong checksum.
+    manifest = {"id": MODEL, "format": "gguf", "filename": gguf.path.name, "size": gguf.size,
+                "sha256": "0" * 64, "source": ""}  # fmt: skip
     (folder / "manifest.json").write_text(json.dumps(manifest))
     result = rbee(paths, "up", "--port", str(free_port()))
     one_line_error(result, "exited with status 1 before it was ready", "sha256")

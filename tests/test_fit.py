@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from rbee.config.settings import Paths
 from rbee.engines.fit import (
     artifact_bytes,
     cgroup_room,
@@ -15,6 +20,7 @@ from rbee.engines.fit import (
     mem_available,
 )
 from rbee.errors import InsufficientMemoryError
+from tests.conftest import MODEL, rbee_env
 
 
 def test_refusal_says_what_is_needed_and_free() -> None:
@@ -79,3 +85,58 @@ def test_this_machine_reports_free_memory() -> None:
     free = mem_available()
     assert free is not None
     assert free > 0
+
+
+def _memory_cgroup() -> Path | None:
+    """A new memory cgroup under this process's own (v1 or v2), or None if none can be made."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, rel = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            parent = Path("/sys/fs/cgroup/memory") / rel.lstrip("/")
+            limit_file = "memory.limit_in_bytes"
+            break
+    else:
+        parent = Path("/sys/fs/cgroup") / Path("/proc/self/cgroup").read_text().split("::", 1)[
+            -1
+        ].strip().lstrip("/")
+        limit_file = "memory.max"
+    child = parent / f"rbee-test-{os.getpid()}"
+    try:
+        child.mkdir()
+        (child / limit_file).write_text(str(150 << 20))
+    except OSError:
+        with contextlib.suppress(OSError):
+            child.rmdir()
+        return None
+    return child
+
+
+@pytest.mark.slow
+def test_a_worker_in_a_small_memory_cgroup_refuses_to_load(paths: Paths) -> None:
+    cgroup = _memory_cgroup()
+    if cgroup is None:
+        pytest.skip("needs a writable memory cgroup (root, cgroup v1 or delegated v2)")
+    try:
+        argv = [sys.executable, "-m", "rbee", "worker", "run", "--model", MODEL, "--port", "0",
+                "--engine", "llamacpp", "--device", "cpu"]  # fmt: skip
+        result = subprocess.run(
+            ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *argv],
+            env=rbee_env(paths),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("rbee: error:")]
+    assert len(errors) == 1, result.stderr
+    # 98 MB of weights and a 90 MiB KV cache for 4096 tokens, plus overhead; 150 MiB is the cap.
+    need = estimate_need(98_362_432, kv_cache=30 * 3 * 64 * 2 * 2 * 4096)
+    assert format_bytes(need) == "267 MiB"
+    assert f"model '{MODEL}' needs about 267 MiB on cpu" in errors[0]
+    free = int(errors[0].split("only ")[1].split(" MiB")[0])
+    assert 0 < free < 150

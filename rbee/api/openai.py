@@ -15,16 +15,23 @@ from typing import Any, Literal
 from rbee.errors import ApiError
 
 __all__ = [
+    "MAX_EMBEDDING_INPUTS",
     "MAX_STOP_SEQUENCES",
     "ChatMessage",
     "ChatRequest",
     "CompletionRequest",
+    "EmbeddingInput",
+    "EmbeddingRequest",
     "SamplingParams",
     "parse_chat_request",
     "parse_completion_request",
+    "parse_embedding_request",
 ]
 
 MAX_STOP_SEQUENCES = 4
+MAX_EMBEDDING_INPUTS = 2048
+"""OpenAI's own limit on the number of inputs of one embeddings request."""
+_MAX_TOKEN_ID = 2**31 - 1
 _ROLES = frozenset({"system", "developer", "user", "assistant"})
 _MAX_SEED = 2**63 - 1
 
@@ -72,6 +79,22 @@ class CompletionRequest:
     stream: bool = False
     include_usage: bool = False
     kind: Literal["completion"] = "completion"
+
+
+EmbeddingInput = str | tuple[int, ...]
+"""One input to embed: a text, or the model's token ids."""
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """A parsed `POST /v1/embeddings`."""
+
+    model: str
+    inputs: tuple[EmbeddingInput, ...]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    """What the client asked for; the worker refuses any value but its model's own."""
+    kind: Literal["embedding"] = "embedding"
 
 
 def _bad(param: str, message: str, code: str = "invalid_value") -> ApiError:
@@ -284,4 +307,90 @@ def parse_completion_request(body: Any) -> CompletionRequest:
         sampling=_sampling(body),
         stream=stream,
         include_usage=_stream_options(body, stream),
+    )
+
+
+def _token_ids(param: str, value: list[Any]) -> tuple[int, ...]:
+    if not value:
+        raise _bad(param, f"{param} must not be an empty list of token ids")
+    for j, token in enumerate(value):
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise _bad(
+                f"{param}[{j}]",
+                f"token ids must be integers, got {_type_name(token)}",
+                "invalid_type",
+            )
+        if not 0 <= token <= _MAX_TOKEN_ID:
+            raise _bad(f"{param}[{j}]", f"token ids must be from 0 to {_MAX_TOKEN_ID}, got {token}")
+    return tuple(value)
+
+
+def _embedding_inputs(body: dict[str, Any]) -> tuple[EmbeddingInput, ...]:
+    value = body.get("input")
+    if value is None:
+        raise _bad("input", "input is required", "missing_required_parameter")
+    if isinstance(value, str):
+        if not value:
+            raise _bad("input", "input must not be an empty string")
+        return (value,)
+    if not isinstance(value, list):
+        raise _bad(
+            "input",
+            "input must be a string, a list of strings, a list of token ids or a list of lists "
+            f"of token ids, got {_type_name(value)}",
+            "invalid_type",
+        )
+    if not value:
+        raise _bad("input", "input must not be an empty list")
+    if all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        return (_token_ids("input", value),)
+    if len(value) > MAX_EMBEDDING_INPUTS:
+        raise _bad(
+            "input",
+            f"input takes at most {MAX_EMBEDDING_INPUTS} items, got {len(value)}; "
+            "split them over several requests",
+        )
+    out: list[EmbeddingInput] = []
+    first = type(value[0])
+    for i, item in enumerate(value):
+        param = f"input[{i}]"
+        if not isinstance(item, str | list):
+            raise _bad(
+                param,
+                f"each input must be a string or a list of token ids, got {_type_name(item)}",
+                "invalid_type",
+            )
+        if type(item) is not first:
+            raise _bad(
+                param,
+                "input must be a list of strings or a list of lists of token ids, not a mix: "
+                f"input[0] is a {_type_name(value[0])}, {param} a {_type_name(item)}",
+                "invalid_type",
+            )
+        if isinstance(item, str):
+            if not item:
+                raise _bad(param, f"{param} must not be an empty string")
+            out.append(item)
+        else:
+            out.append(_token_ids(param, item))
+    return tuple(out)
+
+
+def _encoding_format(body: dict[str, Any]) -> Literal["float", "base64"]:
+    value = body.get("encoding_format")
+    if value is None or value == "float":
+        return "float"
+    if value == "base64":
+        return "base64"
+    raise _bad("encoding_format", f'encoding_format must be "float" or "base64", got {value!r}')
+
+
+def parse_embedding_request(body: Any) -> EmbeddingRequest:
+    """Parse the JSON body of an embeddings request (`user` is accepted and ignored)."""
+    body = _require_object(body)
+    return EmbeddingRequest(
+        model=_model(body),
+        inputs=_embedding_inputs(body),
+        encoding_format=_encoding_format(body),
+        dimensions=_integer(body, "dimensions", 1, 1 << 20),
     )

@@ -1,12 +1,24 @@
-"""Builders for OpenAI response objects (completions, chunks, usage, model lists)."""
+"""Builders for OpenAI response objects (completions, chunks, usage, embeddings, model lists)."""
 
 from __future__ import annotations
 
+import base64 as b64
 import secrets
+import struct
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
-__all__ = ["Shape", "chunk", "completion", "model_list", "new_id", "usage", "usage_chunk"]
+__all__ = [
+    "Shape",
+    "chunk",
+    "completion",
+    "embedding_list",
+    "model_list",
+    "new_id",
+    "usage",
+    "usage_chunk",
+]
 
 Shape = Literal["chat", "completion"]
 
@@ -111,4 +123,28 @@ def model_list(models: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [{"object": "model", "owned_by": "rbee", **m} for m in models],
+    }
+
+
+def embedding_list(
+    model: str, vectors: Sequence[bytes], *, base64: bool, prompt_tokens: int
+) -> dict[str, Any]:
+    """`POST /v1/embeddings`: each vector (little-endian float32) as floats or as base64 of them."""
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": (
+                b64.b64encode(v).decode("ascii")
+                if base64
+                else list(struct.unpack(f"<{len(v) // 4}f", v))
+            ),
+        }
+        for i, v in enumerate(vectors)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }

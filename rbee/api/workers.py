@@ -11,7 +11,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from rbee.errors import ApiError, ConfigError, ModelError, UnknownModelError
+from rbee.errors import (
+    ApiError,
+    ConfigError,
+    InsufficientMemoryError,
+    ModelError,
+    SelectionError,
+    UnknownModelError,
+)
 
 __all__ = [
     "WorkerInfo",
@@ -31,10 +38,14 @@ class WorkerSpec:
     """What a worker should run."""
 
     model: str
-    engine: str = "llamacpp"
-    device: str = "cpu"
+    engine: str = "auto"
+    """llamacpp, mlx, exllamav2, or auto: the hive picks by its hardware (rbee.engines.select)."""
+    device: str = "auto"
+    """cpu, cuda:N, metal:0, or auto."""
     ctx_size: int = 4096
     threads: int = 0
+    embeddings: bool = False
+    """Load the model for `/v1/embeddings` (it then serves nothing else)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,10 @@ class WorkerInfo:
     exit_code: int | None = None
     log_path: str = ""
     context_length: int = 0
+    embeddings: bool = False
+    """The model was loaded for embeddings: route `/v1/embeddings` here and nothing else."""
+    note: str = ""
+    """Why the hive passed over the preferred engine, when it did (set in spawn answers)."""
 
     @property
     def url(self) -> str | None:
@@ -83,6 +98,11 @@ def parse_worker_spec(body: Any) -> WorkerSpec:
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ApiError(400, f"{key} must be an integer from {lo} to {hi}", param=key)
             fields[key] = value
+    embeddings = body.get("embeddings")
+    if embeddings is not None:
+        if not isinstance(embeddings, bool):
+            raise ApiError(400, "embeddings must be true or false", param="embeddings")
+        fields["embeddings"] = embeddings
     return WorkerSpec(**fields)
 
 
@@ -106,15 +126,22 @@ def parse_worker_info(raw: Any) -> WorkerInfo:
         value = fields.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"worker field {name!r} must be an integer or null")
+    if not isinstance(fields.get("embeddings", False), bool):
+        raise TypeError("worker field 'embeddings' must be true or false")
     return WorkerInfo(**fields)
 
 
 def spawn_error(err: Exception) -> ApiError:
-    """The HTTP error for a failed spawn: 404 unknown model, 400 bad input, 500 worker failure."""
+    """The HTTP error for a failed spawn: 404 unknown model, 400 bad input or an impossible
+    engine/device choice, 507 not enough memory, 500 worker failure."""
     if isinstance(err, UnknownModelError):
         return ApiError(404, str(err), param="model", code="model_not_found")
     if isinstance(err, ModelError):
         return ApiError(400, str(err), param="model")
+    if isinstance(err, SelectionError):
+        return ApiError(400, str(err), param="engine", code="engine_unavailable")
+    if isinstance(err, InsufficientMemoryError):
+        return ApiError(507, str(err), type="server_error", code="insufficient_memory")
     if isinstance(err, ConfigError):
         return ApiError(400, str(err))
     return ApiError(500, str(err), type="server_error", code="worker_failed")

@@ -37,13 +37,15 @@ def _spec(args: argparse.Namespace, model: str) -> WorkerSpec:
         device=args.device,
         ctx_size=args.ctx_size,
         threads=args.threads,
+        embeddings=args.embeddings,
     )
 
 
 def up(args: argparse.Namespace, paths: Paths) -> int:
     """Queen + local hive + one model, in the foreground; Ctrl+C stops everything."""
     store = ModelStore(paths.models_dir)
-    if store.get(args.model) is None:
+    stored = store.get(args.model)
+    if stored is None or stored.artifact("gguf") is None:
         note(f"fetching model {args.model} (first run only)")
         with fetch_progress() as progress:
             ensure_model(store, args.model, progress=progress)
@@ -113,7 +115,7 @@ def worker_run(args: argparse.Namespace, paths: Paths) -> int:
     options = WorkerOptions(
         model=args.model, engine=args.engine, device=args.device, port=args.port,
         ctx_size=args.ctx_size, threads=args.threads, ready_fd=args.ready_fd,
-        lifeline_fd=args.lifeline_fd, parent_pid=args.parent_pid,
+        lifeline_fd=args.lifeline_fd, parent_pid=args.parent_pid, embeddings=args.embeddings,
     )  # fmt: skip
     return run_worker(paths, options)
 

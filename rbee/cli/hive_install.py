@@ -21,7 +21,7 @@ __all__ = ["hive_install", "hive_uninstall", "print_step"]
 def _hive(args: argparse.Namespace, paths: Paths) -> tuple[Hive, HiveConnection]:
     config = load_hives(hives_path(paths, args.hives))
     hive = config.get(args.alias)
-    return hive, HiveConnection(hive.alias, config.path)
+    return hive, HiveConnection.of(config, hive.alias)
 
 
 def print_step(event: StepEvent) -> None:

@@ -1,4 +1,9 @@
-"""Hive commands that connect over SSH: `rbee hive trust`, `rbee hive status`."""
+"""Hive commands that connect over SSH: `rbee hive trust`, `rbee hive status`.
+
+`rbee hive status` reads any number of hives in one go: hives.conf is read once, each connection
+gets only its hive's lines of it (`HiveConnection.of`), every connection opens at once, and the
+facts come from a POSIX sh script (`status_facts`), with no Python start-up on the hives.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,20 @@ import argparse
 import asyncio
 
 from rbee.api.client import QueenClient
-from rbee.cli.output import confirm, emit, table
-from rbee.config.hives import Hive, hives_path, load_hives
+from rbee.cli.output import confirm, emit, fail, table
+from rbee.config.hives import Hive, HivesConfig, hives_path, load_hives
 from rbee.config.settings import Paths
-from rbee.errors import HostKeyError, QueenError
+from rbee.errors import HostKeyError, QueenError, RbeeError
 from rbee.hive.facts import Facts
 from rbee.queen.daemon import read_record
 from rbee.ssh.connection import HiveConnection
-from rbee.ssh.facts import remote_facts
+from rbee.ssh.facts import status_facts
 from rbee.ssh.trust import fetch_host_key, record_host_key
 
-__all__ = ["hive_status", "hive_trust"]
+__all__ = ["MAX_CONNECTING", "hive_status", "hive_trust"]
 
-
-def _hive(args: argparse.Namespace, paths: Paths) -> tuple[Hive, HiveConnection]:
-    config = load_hives(hives_path(paths, args.hives))
-    hive = config.get(args.alias)
-    return hive, HiveConnection(hive.alias, config.path)
+MAX_CONNECTING = 64
+"""Connections `rbee hive status` opens at once (each hive has its own sshd; this bounds fds)."""
 
 
 def hive_trust(args: argparse.Namespace, paths: Paths) -> int:
@@ -49,7 +51,8 @@ def _gib(value: int | None) -> str:
 
 
 def _print_facts(hive: Hive, facts: Facts) -> None:
-    emit(f"{hive.alias}: {facts.hostname} ({facts.os} {facts.arch}), Python {facts.python}")
+    python = f"Python {facts.python}" if facts.python else f"no {hive.python} on PATH"
+    emit(f"{hive.alias}: {facts.hostname} ({facts.os} {facts.arch}), {python}")
     emit(f"  CPU: {facts.cpu_count} cores; RAM: {_gib(facts.mem_available)} free of "
          f"{_gib(facts.mem_total)}; disk: {_gib(facts.disk_free)} free")  # fmt: skip
     if facts.apple_chip:
@@ -64,41 +67,73 @@ def _print_facts(hive: Hive, facts: Facts) -> None:
 
 
 def hive_status(args: argparse.Namespace, paths: Paths) -> int:
-    """Connect to a hive and print its hardware facts."""
-    hive, connection = _hive(args, paths)
+    """Connect to the hives named (every hive when none is) at once; print their facts."""
+    config = load_hives(hives_path(paths, args.hives))
+    named = args.alias if isinstance(args.alias, list) else [args.alias]
+    hives = [config.get(alias) for alias in named] if named else list(config.hives)
+    if not hives:
+        emit(f"no hives in {config.path}")
+        return 0
+    results = asyncio.run(_read_facts(config, hives))
+    if len(hives) == 1 and isinstance(results[0], RbeeError):
+        raise results[0]
+    views = _queen_view(args, paths, [hive.alias for hive in hives])
+    status = 0
+    for hive, result in zip(hives, results, strict=True):
+        if isinstance(result, RbeeError):
+            status = fail(str(result))
+            continue
+        _print_facts(hive, result)
+        for line in views[hive.alias]:
+            emit(f"  {line}")
+    return status
 
-    async def gather() -> Facts:
-        async with connection as conn:
-            return await remote_facts(conn, hive.python)
 
-    _print_facts(hive, asyncio.run(gather()))
-    _print_queen_view(args, paths, hive.alias)
-    return 0
+async def _read_facts(config: HivesConfig, hives: list[Hive]) -> list[Facts | RbeeError]:
+    """Each hive's facts (or why they could not be read), all hives at once."""
+    slots = asyncio.Semaphore(MAX_CONNECTING)
+
+    async def one(hive: Hive) -> Facts | RbeeError:
+        try:
+            async with slots, HiveConnection.of(config, hive.alias) as conn:
+                return await status_facts(conn, hive.python, hive.install_dir)
+        except RbeeError as err:
+            return err
+
+    return list(await asyncio.gather(*(one(hive) for hive in hives)))
 
 
-def _print_queen_view(args: argparse.Namespace, paths: Paths, alias: str) -> None:
-    """What the queen knows of the hive: its state, workers and model store."""
+def _queen_view(args: argparse.Namespace, paths: Paths, aliases: list[str]) -> dict[str, list[str]]:
+    """What the queen knows of each hive (its state, workers and model store), as lines."""
+    views: dict[str, list[str]] = {alias: [] for alias in aliases}
     record = read_record(paths)
     url = args.queen or (record.url if record else None)
     if url is None:
-        emit("  hive: not started (no queen is running)")
-        return
+        for lines in views.values():
+            lines.append("hive: not started (no queen is running)")
+        return views
     try:
         with QueenClient(url, api_key=args.api_key) as client:
             hives = {h["name"]: h for h in client.request("GET", "/v1/hives")["data"]}
-            state = hives.get(alias)
-            if state is None or state["state"] == "stopped":
-                emit(f"  hive: not started (start it with `rbee hive start {alias}`)")
-                return
-            error = f"; last error: {state['last_error']}" if state["last_error"] else ""
-            emit(f"  hive: {state['state']} (pid {state['pid']}){error}")
-            workers = [w for w in client.workers() if w["hive"] == alias]
-            for w in workers:
-                emit(f"  worker {w['id']}: {w['model']} {w['state']} ({w['engine']}, "
-                     f"{w['device']})")  # fmt: skip
-            if state["state"] == "running":
-                models = client.request("GET", f"/v1/hives/{alias}/models")["data"]
-                names = ", ".join(f"{m['id']} ({m['size'] / 1e6:.0f} MB)" for m in models)
-                emit(f"  model store: {names or 'empty'}")
+            workers = client.workers()
+            for alias, lines in views.items():
+                state = hives.get(alias)
+                if state is None or state["state"] == "stopped":
+                    lines.append(f"hive: not started (start it with `rbee hive start {alias}`)")
+                    continue
+                error = f"; last error: {state['last_error']}" if state["last_error"] else ""
+                lines.append(f"hive: {state['state']} (pid {state['pid']}){error}")
+                lines += [
+                    f"worker {w['id']}: {w['model']} {w['state']} ({w['engine']}, {w['device']})"
+                    for w in workers
+                    if w["hive"] == alias
+                ]
+                if state["state"] == "running":
+                    models = client.request("GET", f"/v1/hives/{alias}/models")["data"]
+                    names = ", ".join(f"{m['id']} ({m['size'] / 1e6:.0f} MB)" for m in models)
+                    lines.append(f"model store: {names or 'empty'}")
     except QueenError as err:
-        emit(f"  hive: unknown ({err})")
+        for lines in views.values():
+            if not lines:
+                lines.append(f"hive: unknown ({err})")
+    return views

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from rbee import __version__
-from rbee.cli import daemons, hive_install, hive_ssh, hives, jobs, remote
+from rbee.cli import daemons, hive_install, hive_ssh, hives, jobs, models, remote
 from rbee.cli.output import fail
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
 from rbee.errors import RbeeError
@@ -40,10 +40,21 @@ def _positive(text: str) -> int:
 
 
 def _add_worker_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", default="llamacpp", help="inference engine (default: llamacpp)")
-    p.add_argument("--device", default="cpu", help="cpu (cuda:N and metal:0 come with engines)")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        help="llamacpp, mlx, exllamav2 or auto (default: picked by the hive's hardware)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda:N, metal:0 or auto (default: the best there)"
+    )
     p.add_argument("--ctx-size", type=_positive, default=4096, help="context tokens (4096)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="load the model for /v1/embeddings (the worker then serves nothing else)",
+    )
 
 
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
@@ -143,9 +154,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = commands.add_parser("model", help="models in the catalog and the store")
     model_cmds = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    mlist = model_cmds.add_parser("list", help="list known and stored models")
+    mlist = model_cmds.add_parser("list", help="list known and stored models, per format")
     mlist.add_argument("--hive", help="list a started hive's store instead (via the queen)")
-    mlist.set_defaults(handler=remote.model_list)
+    mlist.set_defaults(handler=models.model_list)
+    mimport = model_cmds.add_parser(
+        "import", help="copy a GGUF file or a model folder (mlx, exl2, gptq) into the store"
+    )
+    mimport.add_argument("path", metavar="PATH", help="a .gguf file or a model folder")
+    mimport.add_argument("--id", help="model id to store it as (default: from the name)")
+    mimport.add_argument(
+        "--format", choices=models.FORMATS, help="the model's format (default: detected)"
+    )
+    mimport.add_argument("--force", action="store_true", help="replace a stored artifact")
+    mimport.set_defaults(handler=models.model_import)
+    mdownload = model_cmds.add_parser(
+        "download", help="download a model from the Hugging Face hub ($HF_ENDPOINT, $HF_TOKEN)"
+    )
+    mdownload.add_argument(
+        "spec", metavar="REPO[:FILE]", help="owner/name for a model folder, owner/name:FILE.gguf"
+    )
+    mdownload.add_argument("--id", help="model id to store it as (default: from the repo name)")
+    mdownload.add_argument("--revision", default="main", help="branch, tag or commit (main)")
+    mdownload.add_argument(
+        "--format", choices=models.FORMATS, help="the model's format (default: detected)"
+    )
+    mdownload.add_argument("--force", action="store_true", help="replace a stored artifact")
+    mdownload.set_defaults(handler=models.model_download)
 
     hive = commands.add_parser("hive", help="the machines in hives.conf")
     hive_cmds = hive.add_subparsers(dest="hive_command", required=True, metavar="ACTION")
@@ -156,8 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("alias", metavar="ALIAS")
     trust.add_argument("--yes", action="store_true", help="trust it without asking")
     trust.set_defaults(handler=hive_ssh.hive_trust)
-    status = hive_cmds.add_parser("status", help="connect to a hive and show its facts")
-    status.add_argument("alias", metavar="ALIAS")
+    status = hive_cmds.add_parser("status", help="connect to hives at once, show their facts")
+    status.add_argument(
+        "alias",
+        metavar="ALIAS",
+        nargs="*",
+        help="hives to read (default: every hive in hives.conf)",
+    )
     status.set_defaults(handler=hive_ssh.hive_status)
     install = hive_cmds.add_parser("install", help="install rbee on a hive over SSH (offline)")
     install.add_argument("alias", metavar="ALIAS")

@@ -1,4 +1,4 @@
-"""Commands that talk to the queen's API (and `model list`, which reads the local store)."""
+"""Commands that talk to the queen's API."""
 
 from __future__ import annotations
 
@@ -11,22 +11,19 @@ from rbee.api.jobs_client import queen_http
 from rbee.cli.jobs import run_job
 from rbee.cli.output import emit, table
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
-from rbee.models.catalog import CATALOG
-from rbee.models.store import ModelStore
 from rbee.queen.daemon import read_record
 
 __all__ = [
     "hive_start",
     "hive_stop",
     "infer",
-    "model_list",
     "worker_list",
     "worker_spawn",
     "worker_stop",
 ]
 
 
-def _client(args: argparse.Namespace, paths: Paths) -> QueenClient:
+def queen_client(args: argparse.Namespace, paths: Paths) -> QueenClient:
     record = read_record(paths)
     url = args.queen or (record.url if record else f"http://127.0.0.1:{DEFAULT_QUEEN_PORT}")
     return QueenClient(url, api_key=args.api_key)
@@ -41,19 +38,21 @@ def worker_spawn(args: argparse.Namespace, paths: Paths) -> int:
         "device": args.device,
         "ctx_size": args.ctx_size,
         "threads": args.threads,
+        "embeddings": args.embeddings,
     }
-    with _client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
+    with queen_client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
         info = run_job(http, {"kind": "worker.spawn", **body})
+    serves = ", embeddings" if info.get("embeddings") else ""
     emit(
         f"worker {info['id']} ready: {info['model']} on {info['hive']} ({info['engine']}, "
-        f"{info['device']}, pid {info['pid']})"
+        f"{info['device']}{serves}, pid {info['pid']})"
     )
     return 0
 
 
 def worker_list(args: argparse.Namespace, paths: Paths) -> int:
     """Print every worker the queen runs."""
-    with _client(args, paths) as client:
+    with queen_client(args, paths) as client:
         workers = client.workers()
     if not workers:
         emit("no workers (start one with `rbee worker spawn --model smollm2-135m`)")
@@ -81,40 +80,9 @@ def worker_list(args: argparse.Namespace, paths: Paths) -> int:
 
 def worker_stop(args: argparse.Namespace, paths: Paths) -> int:
     """Stop one worker."""
-    with _client(args, paths) as client:
+    with queen_client(args, paths) as client:
         info = client.stop_worker(args.worker_id)
     emit(f"worker {info['id']} stopped")
-    return 0
-
-
-def model_list(args: argparse.Namespace, paths: Paths) -> int:
-    """Print the catalog and what the local store holds (or a hive's store, via the queen)."""
-    if args.hive:
-        with _client(args, paths) as client:
-            listed = client.request("GET", f"/v1/hives/{args.hive}/models")["data"]
-        if not listed:
-            emit(f"no models on {args.hive} (they are uploaded when a worker needs them)")
-            return 0
-        table(["ID", "FORMAT", "SIZE", "SHA256", "SOURCE"],
-              [[m["id"], m["format"], f"{m['size'] / 1e6:.0f} MB", m["sha256"][:12],
-                m["source"]] for m in listed])  # fmt: skip
-        return 0
-    store = ModelStore(paths.models_dir)
-    stored = {m.id: m for m in store.list()}
-    rows = []
-    for model_id in sorted(set(CATALOG) | set(stored)):
-        spec, have = CATALOG.get(model_id), stored.get(model_id)
-        size = have.size if have else (spec.artifacts[0].size if spec else 0)
-        rows.append(
-            [
-                model_id,
-                have.format if have else "gguf",
-                f"{size / 1e6:.0f} MB",
-                "stored" if have else "not fetched",
-                spec.description if spec else have.source if have else "",
-            ]
-        )
-    table(["ID", "FORMAT", "SIZE", "STATE", "DESCRIPTION"], rows)
     return 0
 
 
@@ -128,7 +96,7 @@ def infer(args: argparse.Namespace, paths: Paths) -> int:
         value = getattr(args, key)
         if value is not None:
             body[key] = value
-    with _client(args, paths) as client:
+    with queen_client(args, paths) as client:
         for chunk in client.stream_chat(body):
             for choice in chunk.get("choices", []):
                 text = choice.get("delta", {}).get("content")
@@ -140,7 +108,7 @@ def infer(args: argparse.Namespace, paths: Paths) -> int:
 
 def hive_start(args: argparse.Namespace, paths: Paths) -> int:
     """Have the queen start a hive over SSH (a job), and wait until it serves."""
-    with _client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
+    with queen_client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
         hive = run_job(http, {"kind": "hive.start", "alias": args.alias})
     emit(f"hive {hive['name']} running on {hive['host']} (pid {hive['pid']})")
     return 0
@@ -148,7 +116,7 @@ def hive_start(args: argparse.Namespace, paths: Paths) -> int:
 
 def hive_stop(args: argparse.Namespace, paths: Paths) -> int:
     """Have the queen stop a hive (a job); its workers stop with it."""
-    with _client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
+    with queen_client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
         run_job(http, {"kind": "hive.stop", "alias": args.alias})
     emit(f"hive {args.alias} stopped")
     return 0

@@ -1,17 +1,18 @@
 """hives.conf: the machines rbee runs hives on, as frozen `Hive`s read from an ssh_config file.
 
-asyncssh reads the same file for the standard keys when it connects; rbee reads it once here to
-check it (each mistake reported as `FILE:LINE: message`), to list the hive aliases, and to resolve
-its own `Rbee*` keys. Resolution follows ssh: going through the Host blocks in file order, the
-first value found for each key wins, so defaults go in a `Host *` block at the end. Match blocks
-are left to asyncssh.
+rbee reads it once here to check it (each mistake reported as `FILE:LINE: message`), to list the
+hive aliases, and to resolve its own `Rbee*` keys; asyncssh takes the standard keys when it
+connects, from the lines that apply to that hive (`HivesConfig.asyncssh_text`: asyncssh would
+otherwise parse the whole file for every connection). Resolution follows ssh: going through the
+Host blocks in file order, the first value found for each key wins, so defaults go in a `Host *`
+block at the end. Match blocks are left to asyncssh.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rbee.config.hive_keys import (
@@ -25,7 +26,7 @@ from rbee.config.hive_keys import (
     file_problem,
 )
 from rbee.config.settings import Paths
-from rbee.config.sshconfig import Block, Directive, host_matches, read_directives
+from rbee.config.sshconfig import Block, Directive, host_matches, host_text, read_directives
 from rbee.errors import ConfigError
 
 __all__ = ["Hive", "HivesConfig", "build_hives", "hives_path", "load_hives"]
@@ -67,6 +68,8 @@ class HivesConfig:
 
     path: Path
     hives: tuple[Hive, ...]
+    directives: tuple[Directive, ...] = field(default=(), repr=False, compare=False)
+    """Every line of the file, Includes read in (for `asyncssh_text`)."""
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -80,6 +83,10 @@ class HivesConfig:
                 return hive
         known = ", ".join(self.aliases) or "none"
         raise ConfigError(f"unknown hive {alias!r} (hives in {self.path}: {known})")
+
+    def asyncssh_text(self, alias: str) -> str | None:
+        """The lines asyncssh needs to connect to `alias`; None: give it the whole file."""
+        return host_text(self.directives, alias) if self.directives else None
 
 
 def hives_path(paths: Paths, flag: str | None) -> Path:
@@ -105,7 +112,9 @@ def build_hives(
     """Check directives in file order and resolve one Hive per alias."""
     first_seen: dict[str, Directive] = {}
     settings: list[tuple[Directive, Value]] = []
-    for d in directives:
+    lines: list[Directive] = []
+    for d in directives:  # one by one: the first mistake in file order is the one reported
+        lines.append(d)
         if d.key == "host":
             for alias in _aliases(d):
                 if not _applies(d.scope, alias):
@@ -122,7 +131,7 @@ def build_hives(
         elif d.key != "match":
             settings.append((d, check_directive(d, problem)))
     hives = tuple(_resolve(alias, d, settings) for alias, d in first_seen.items())
-    return HivesConfig(path=path, hives=hives)
+    return HivesConfig(path=path, hives=hives, directives=tuple(lines))
 
 
 def _aliases(d: Directive) -> list[str]:
@@ -156,8 +165,12 @@ def _resolve(alias: str, origin: Directive, settings: list[tuple[Directive, Valu
     """ssh's rule for one alias: the first value of each key wins; IdentityFiles add up."""
     first: dict[str, Value] = {}
     identity_files: list[Path] = []
+    applies: dict[int, bool] = {}  # by id(): the lines of one block share their scope tuple
     for d, value in settings:
-        if not _applies(d.scope, alias):
+        ok = applies.get(id(d.scope))
+        if ok is None:
+            ok = applies[id(d.scope)] = _applies(d.scope, alias)
+        if not ok:
             continue
         if d.key == "identityfile":
             if isinstance(value, Path) and value not in identity_files:

@@ -2,15 +2,17 @@
 
 This module knows the syntax only (keywords, quoting, blocks, Include); what the keys mean is
 `rbee.config.hives`' business. Lines are parsed lazily, so the first mistake in file order is the
-one reported, as `FILE:LINE: message`.
+one reported, as `FILE:LINE: message`. `host_text` cuts a parsed file down to what applies to one
+host, so asyncssh need not parse every hive's lines for every connection.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,10 +22,12 @@ from rbee.errors import ConfigError
 __all__ = [
     "MAX_FILE_BYTES",
     "MAX_INCLUDE_DEPTH",
+    "MAX_JUMP_HOSTS",
     "Block",
     "Directive",
     "Line",
     "host_matches",
+    "host_text",
     "located",
     "parse_lines",
     "read_directives",
@@ -32,9 +36,12 @@ __all__ = [
 
 MAX_FILE_BYTES = 1 << 20
 MAX_INCLUDE_DEPTH = 16
+MAX_JUMP_HOSTS = 8
+"""host_text() gives up (None) on more jump hosts than this behind one hive."""
 
 _KEYWORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 _GLOB_CHARS = frozenset("*?[")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def located(path: Path, line: int, message: str) -> ConfigError:
@@ -49,11 +56,19 @@ class Line:
     number: int
     keyword: str
     args: tuple[str, ...]
+    text: str = ""
+    """The line as written, without surrounding blanks (asyncssh tokenizes it its own way)."""
 
     @property
     def key(self) -> str:
         """The keyword, lowercased (keywords are case-insensitive)."""
         return self.keyword.lower()
+
+    @property
+    def rest(self) -> str:
+        """The arguments as written: the text after the keyword and its `=` if any."""
+        rest = self.text[len(self.keyword) :].lstrip()
+        return rest[1:].lstrip() if rest.startswith("=") else rest
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,8 @@ class Block:
     patterns: tuple[str, ...]
     path: Path
     line: int
+    criteria: str = ""
+    """The arguments as written (a Match line's criteria, as asyncssh reads them)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,8 @@ class Directive:
     path: Path
     line: int
     scope: tuple[Block, ...]
+    text: str = ""
+    """The line as written, without surrounding blanks."""
 
     @property
     def key(self) -> str:
@@ -154,7 +173,7 @@ def parse_lines(text: str, path: Path) -> Iterator[Line]:
                     f"comment after a value ({word!r}): put comments on their own line "
                     "(asyncssh would read it as part of the value)",
                 )
-        yield Line(number, keyword, tuple(word for word, _ in words))
+        yield Line(number, keyword, tuple(word for word, _ in words), stripped)
 
 
 def host_matches(patterns: tuple[str, ...], name: str) -> bool:
@@ -170,8 +189,87 @@ def host_matches(patterns: tuple[str, ...], name: str) -> bool:
 
 
 def _wildcard_match(pattern: str, name: str) -> bool:
+    if "*" not in pattern and "?" not in pattern:
+        return pattern == name
+    return _wildcard_regex(pattern).fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, name, flags=re.DOTALL) is not None
+    return re.compile(regex, flags=re.DOTALL)
+
+
+def host_text(directives: Sequence[Directive], alias: str) -> str | None:
+    """What applies to connecting to `alias`, as ssh_config text for asyncssh; or None.
+
+    asyncssh parses its whole config file for every connection, which at 50 hives costs more
+    than the key exchange. This text holds only the lines that can apply: Host blocks are decided
+    here (for `alias`, and for each jump host its ProxyJump names, each in its own section behind
+    `Match originalhost NAME`); Match blocks stay for asyncssh to evaluate; every line is copied
+    as written, so asyncssh reads each value exactly as in the file. Includes are already read in
+    (relative paths from the including file's folder, as everywhere in rbee).
+
+    None where only the whole file is faithful: CanonicalizeHostname on (asyncssh would read the
+    file again for the canonical name), a Match block inside another one (through Include), or
+    jump hosts that are not plain names or more than MAX_JUMP_HOSTS.
+    """
+    runs: list[tuple[tuple[Block, ...], list[Directive]]] = []  # consecutive lines of one block
+    for d in directives:
+        if runs and runs[-1][0] is d.scope:
+            runs[-1][1].append(d)
+            continue
+        if sum(b.kind == "match" for b in d.scope) > 1:
+            return None
+        runs.append((d.scope, [d]))
+    lines: list[str] = []
+    names, seen = [alias], set[str]()
+    while names:
+        name = names.pop(0)
+        if name in seen:
+            continue
+        if len(seen) > MAX_JUMP_HOSTS or not _PLAIN_NAME.fullmatch(name):
+            return None
+        seen.add(name)
+        found = _section(runs, name)
+        if found is None:
+            return None
+        lines += found[0]
+        names += found[1]
+    return "\n".join(lines) + "\n"
+
+
+def _section(
+    runs: list[tuple[tuple[Block, ...], list[Directive]]], name: str
+) -> tuple[list[str], list[str]] | None:
+    """The lines that apply to `name` behind `Match originalhost`, and the jump hosts they name;
+    None if they turn CanonicalizeHostname on."""
+    guard = f"Match originalhost {name}"
+    lines, jumps = [guard], []
+    current: Block | None = None
+    for scope, run in runs:
+        if not all(host_matches(b.patterns, name) for b in scope if b.kind == "host"):
+            continue
+        match = next((b for b in scope if b.kind == "match"), None)
+        for d in run:
+            key = d.key
+            if key in ("host", "match") or key.startswith("rbee"):
+                continue  # block lines are decided here or copied below; rbee keys are rbee's
+            if key == "canonicalizehostname" and "".join(d.args[:1]).lower() not in ("no", "false"):
+                return None
+            if match is not current:  # each Match line as often as asyncssh meets it
+                lines.append(f"{guard} {match.criteria}" if match else guard)
+                current = match
+            lines.append(d.text)
+            if key == "proxyjump" and d.args and d.args[0].lower() != "none":
+                jumps += [_jump_host(hop) for hop in d.args[0].split(",")]
+    return lines, jumps
+
+
+def _jump_host(hop: str) -> str:
+    """The host of a `[user@]host[:port]` ProxyJump hop, split as asyncssh splits it."""
+    host = hop.rsplit("@", 1)[-1]
+    return host.rsplit(":", 1)[0] if ":" in host else host
 
 
 def read_directives(path: Path) -> Iterator[Directive]:
@@ -190,17 +288,16 @@ def _read(
 ) -> Iterator[Directive]:
     text = _read_text(path, origin)
     stack = (*stack, path.resolve())
-    block: Block | None = None
+    here = scope  # one tuple per block, shared by its lines (callers may key caches on it)
     for line in parse_lines(text, path):
-        here = scope if block is None else (*scope, block)
-        directive = Directive(line.keyword, line.args, path, line.number, here)
+        directive = Directive(line.keyword, line.args, path, line.number, here, line.text)
         if line.key in ("host", "match"):
             if not line.args:
                 what = "a host pattern" if line.key == "host" else "criteria (e.g. `Match all`)"
                 raise directive.error(f"{line.keyword} needs {what}")
-            yield Directive(line.keyword, line.args, path, line.number, scope)
+            yield Directive(line.keyword, line.args, path, line.number, scope, line.text)
             kind: Literal["host", "match"] = "host" if line.key == "host" else "match"
-            block = Block(kind, line.args, path, line.number)
+            here = (*scope, Block(kind, line.args, path, line.number, line.rest))
         elif line.key == "include":
             if not line.args:
                 raise directive.error("Include needs a file name or pattern")

@@ -3,18 +3,33 @@
 An engine loads one model, turns a request into a prepared prompt (refusing what cannot fit the
 context before any work is done), and generates text pieces on the calling thread, checking a
 cancel flag between tokens. The worker runs it on a dedicated thread, never on the event loop.
+
+An engine loaded for embeddings is an `Embedder` as well: it tokenizes the inputs (refusing what
+cannot fit, again before any work) and turns them into unit-length vectors, on that same thread.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
-from rbee.api.openai import ChatRequest, CompletionRequest, SamplingParams
+from rbee.api.openai import ChatRequest, CompletionRequest, EmbeddingInput, SamplingParams
+from rbee.errors import ApiError
 
-__all__ = ["Engine", "Finish", "FinishReason", "Prepared", "StopMatcher"]
+__all__ = [
+    "Embedder",
+    "Embeddings",
+    "Engine",
+    "Finish",
+    "FinishReason",
+    "Prepared",
+    "StopMatcher",
+    "check_embedding_tokens",
+    "embedder_of",
+    "fit_context",
+]
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -62,6 +77,97 @@ class Engine(Protocol):
     def close(self) -> None:
         """Free the model's memory."""
         ...
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What an embedder returns: one vector per input, in order, and the tokens it read."""
+
+    vectors: tuple[bytes, ...]
+    """Each a unit-length vector as little-endian float32 (OpenAI's base64 payload, decoded)."""
+    prompt_tokens: int
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What a worker loaded for embeddings needs from its engine (next to `Engine`)."""
+
+    name: str
+    embedding: bool
+    """True when the model was loaded for embeddings (it then serves nothing else)."""
+
+    @property
+    def embedding_length(self) -> int:
+        """The length of the vectors (the model's n_embd)."""
+        ...
+
+    def tokenize_inputs(self, inputs: Sequence[EmbeddingInput]) -> tuple[tuple[int, ...], ...]:
+        """Tokenize texts, keep token ids; raise ApiError(400) for what cannot fit the context."""
+        ...
+
+    def embed(self, inputs: Sequence[Sequence[int]], cancel: threading.Event) -> Embeddings:
+        """Embed tokenized inputs; raise EngineError soon after `cancel` is set."""
+        ...
+
+
+def embedder_of(engine: object) -> Embedder | None:
+    """`engine` if it was loaded for embeddings, else None."""
+    if isinstance(engine, Embedder) and engine.embedding:
+        return engine
+    return None
+
+
+def check_embedding_tokens(
+    tokens: Sequence[int], index: int, count: int, context: int, vocab: int
+) -> None:
+    """Refuse input `index` (of `count`) if it overflows the context or leaves the vocabulary."""
+    param = "input" if count == 1 else f"input[{index}]"
+    if len(tokens) > context:
+        raise ApiError(
+            400,
+            f"{param} is {len(tokens)} tokens; this model's context is {context} tokens",
+            param=param,
+            code="context_length_exceeded",
+        )
+    bad = next((t for t in tokens if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise ApiError(
+            400,
+            f"{param} holds the token id {bad}; this model's vocabulary is 0 to {vocab - 1}",
+            param=param,
+        )
+
+
+def fit_context(
+    tokens: list[int] | tuple[int, ...],
+    request: ChatRequest | CompletionRequest,
+    n_ctx: int,
+    *,
+    param: str,
+) -> Prepared:
+    """`tokens` prepared for generation, or ApiError(400) when they overflow `n_ctx` tokens.
+
+    The prompt must leave room for one token, and an explicit max_tokens must fit what is left;
+    without one, generation may use all of it. `param` names the prompt field in the error.
+    """
+    room = n_ctx - len(tokens)
+    if room < 1:
+        raise ApiError(
+            400,
+            f"the prompt is {len(tokens)} tokens; this model's context is {n_ctx} tokens",
+            param=param,
+            code="context_length_exceeded",
+        )
+    wanted = request.sampling.max_tokens
+    if wanted is not None and wanted > room:
+        raise ApiError(
+            400,
+            f"max_tokens is too large: {wanted}. This model's context is {n_ctx} tokens "
+            f"and the prompt uses {len(tokens)}, so at most {room} can be generated",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return Prepared(tokens=tuple(tokens), max_tokens=wanted or room, sampling=request.sampling)
 
 
 class StopMatcher:

@@ -30,7 +30,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rbee.api.openai import ChatRequest, CompletionRequest, SamplingParams
-from rbee.engines.base import Finish, FinishReason, Prepared, StopMatcher
+from rbee.engines.base import Finish, FinishReason, Prepared, StopMatcher, fit_context
 from rbee.engines.fit import artifact_bytes, check_fits, estimate_need
 from rbee.errors import ApiError, EngineError
 
@@ -493,24 +493,7 @@ class ExLlamaV2Engine:
             param = "prompt"
         if not tokens:
             raise ApiError(400, "the prompt is empty", param=param)
-        room = self._n_ctx - len(tokens)
-        if room < 1:
-            raise ApiError(
-                400,
-                f"the prompt is {len(tokens)} tokens; this model's context is {self._n_ctx} tokens",
-                param=param,
-                code="context_length_exceeded",
-            )
-        wanted = request.sampling.max_tokens
-        if wanted is not None and wanted > room:
-            raise ApiError(
-                400,
-                f"max_tokens is too large: {wanted}. This model's context is {self._n_ctx} tokens "
-                f"and the prompt uses {len(tokens)}, so at most {room} can be generated",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
-        return Prepared(tokens=tuple(tokens), max_tokens=wanted or room, sampling=request.sampling)
+        return fit_context(tokens, request, self._n_ctx, param=param)
 
     def generate(self, prepared: Prepared, cancel: threading.Event) -> Iterator[str | Finish]:
         """Run one job through the dynamic generator, yielding its text; ends with one Finish."""

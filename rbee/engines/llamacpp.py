@@ -3,20 +3,35 @@
 Generation drives `Llama.generate` token by token instead of `create_completion`, so that rbee
 decodes UTF-8 incrementally (no re-detokenizing the whole answer per token), counts tokens exactly
 for `usage`, and checks the cancel flag between every two tokens.
+
+Loaded with `embedding=True`, the model serves embeddings only. The pooling is the GGUF's own
+(mean, CLS or last token, as its `*.pooling_type` says); a GGUF that declares none (a chat model)
+is mean-pooled here. Vectors are scaled to unit length, as OpenAI's are. rbee fills llama.cpp's
+batch itself rather than calling `Llama.embed`, which takes text only and silently truncates it:
+OpenAI's API also takes token ids, and an input over the context must be refused, not cut.
 """
 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import logging
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rbee.api.openai import ChatRequest, CompletionRequest
-from rbee.engines.base import Finish, FinishReason, Prepared, StopMatcher
+from rbee.api.openai import ChatRequest, CompletionRequest, EmbeddingInput
+from rbee.engines.base import (
+    Embeddings,
+    Finish,
+    FinishReason,
+    Prepared,
+    StopMatcher,
+    check_embedding_tokens,
+    fit_context,
+)
 from rbee.errors import ApiError, EngineError
 
 __all__ = ["LlamaCppEngine"]
@@ -28,26 +43,61 @@ _TOP_K = 40
 _MIN_P = 0.05
 
 
+def _token_pieces(llama_cpp: Any, vocab: Any, n_vocab: int) -> tuple[bytes, ...]:
+    """The bytes each token renders as (special tokens render as nothing, as in the API).
+
+    `Llama.detokenize([token])` renders into a 32-byte buffer and returns nothing for longer
+    tokens (SmolLM2 has 47, such as a newline and 32 spaces); this asks with room to spare and
+    once per token at load, so generation only looks bytes up.
+    """
+    size = 256
+    buf = ctypes.create_string_buffer(size)
+    pieces = []
+    for token in range(n_vocab):
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, False)
+        if n < 0:  # llama.cpp says -(bytes needed) when the buffer is too small: ask again
+            big = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(vocab, token, big, -n, 0, False)
+            pieces.append(big.raw[: max(n, 0)])
+        else:
+            pieces.append(buf.raw[:n])
+    return tuple(pieces)
+
+
 class LlamaCppEngine:
     """One GGUF model loaded in llama.cpp."""
 
     name = "llamacpp"
 
     def __init__(
-        self, model_path: Path, *, n_ctx: int = 4096, n_threads: int = 2, n_gpu_layers: int = 0
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int = 2,
+        n_gpu_layers: int = 0,
+        embedding: bool = False,
     ) -> None:
         self._path = model_path
         self._n_ctx = n_ctx
         self._n_threads = n_threads
         self._n_gpu_layers = n_gpu_layers
+        self.embedding = embedding
         self._llm: Any = None
         self._formatter: Any = None
         self._eog: frozenset[int] = frozenset()
+        self._pieces: tuple[bytes, ...] = ()
+        self._pool_here = False
 
     @property
     def context_length(self) -> int:
         """Tokens of context the model was loaded with."""
         return self._n_ctx
+
+    @property
+    def embedding_length(self) -> int:
+        """The length of the model's vectors (n_embd)."""
+        return int(self._require().n_embd())
 
     def load(self) -> None:
         """Load the GGUF and its chat template."""
@@ -56,6 +106,9 @@ class LlamaCppEngine:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
         except ImportError as err:
             raise EngineError(f"llama-cpp-python is not installed: {err}") from err
+        # Pooled embeddings need each input's tokens in one micro-batch: any input that fits the
+        # context must fit the batch too. (512 is llama-cpp-python's own default.)
+        batch = self._n_ctx if self.embedding else 512
         try:
             llm = llama_cpp.Llama(
                 model_path=str(self._path),
@@ -63,11 +116,18 @@ class LlamaCppEngine:
                 n_threads=self._n_threads,
                 n_threads_batch=self._n_threads,
                 n_gpu_layers=self._n_gpu_layers,
+                n_batch=batch,
+                n_ubatch=batch,
+                embedding=self.embedding,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as err:
             raise EngineError(f"llama.cpp could not load {self._path}: {err}") from err
+        if self.embedding:
+            self._load_for_embeddings(llama_cpp, llm)
+            return
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._pieces = _token_pieces(llama_cpp, vocab, llm.n_vocab())
         self._eog = frozenset(
             t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
         )
@@ -81,6 +141,24 @@ class LlamaCppEngine:
             )
         self._llm = llm
         log.info("loaded %s (n_ctx=%d, threads=%d)", self._path.name, self._n_ctx, self._n_threads)
+
+    def _load_for_embeddings(self, llama_cpp: Any, llm: Any) -> None:
+        pooling = llm.pooling_type()
+        if pooling == llama_cpp.LLAMA_POOLING_TYPE_RANK:
+            llm.close()
+            raise EngineError(
+                f"{self._path.name} is a reranker (pooling 'rank'), not an embedding model"
+            )
+        self._pool_here = pooling == llama_cpp.LLAMA_POOLING_TYPE_NONE
+        self._llm = llm
+        log.info(
+            "loaded %s for embeddings (n_embd=%d, pooling=%s, n_ctx=%d, threads=%d)",
+            self._path.name,
+            llm.n_embd(),
+            "mean (rbee)" if self._pool_here else f"{pooling} (the GGUF's)",
+            self._n_ctx,
+            self._n_threads,
+        )
 
     def _require(self) -> Any:
         if self._llm is None:
@@ -109,24 +187,7 @@ class LlamaCppEngine:
         else:
             tokens = llm.tokenize(request.prompt.encode(), add_bos=True, special=False)
             prompt_param = "prompt"
-        room = self._n_ctx - len(tokens)
-        if room < 1:
-            raise ApiError(
-                400,
-                f"the prompt is {len(tokens)} tokens; this model's context is {self._n_ctx} tokens",
-                param=prompt_param,
-                code="context_length_exceeded",
-            )
-        wanted = request.sampling.max_tokens
-        if wanted is not None and wanted > room:
-            raise ApiError(
-                400,
-                f"max_tokens is too large: {wanted}. This model's context is {self._n_ctx} tokens "
-                f"and the prompt uses {len(tokens)}, so at most {room} can be generated",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
-        return Prepared(tokens=tuple(tokens), max_tokens=wanted or room, sampling=request.sampling)
+        return fit_context(tokens, request, self._n_ctx, param=prompt_param)
 
     def generate(self, prepared: Prepared, cancel: threading.Event) -> Iterator[str | Finish]:
         """Sample token by token, yielding decoded text; ends with one Finish."""
@@ -164,7 +225,7 @@ class LlamaCppEngine:
                     reason = "stop"
                     break
                 count += 1
-                text, stopped = stops.feed(decoder.decode(llm.detokenize([token])))
+                text, stopped = stops.feed(decoder.decode(self._pieces[token]))
                 if text:
                     yield text
                 if stopped:
@@ -179,6 +240,79 @@ class LlamaCppEngine:
             if tail:
                 yield tail
         yield Finish(reason=reason, prompt_tokens=len(prepared.tokens), completion_tokens=count)
+
+    def tokenize_inputs(self, inputs: Sequence[EmbeddingInput]) -> tuple[tuple[int, ...], ...]:
+        """Tokenize texts as llama.cpp's own embedder does (BOS added); check every input."""
+        llm = self._require()
+        vocab = llm.n_vocab()
+        out = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                tokens = tuple(llm.tokenize(item.encode(), add_bos=True, special=False))
+            else:
+                tokens = item
+            check_embedding_tokens(tokens, i, len(inputs), self._n_ctx, vocab)
+            out.append(tokens)
+        return tuple(out)
+
+    def embed(self, inputs: Sequence[Sequence[int]], cancel: threading.Event) -> Embeddings:
+        """Embed the inputs, as many per llama.cpp batch as fit; unit-length float32 vectors."""
+        import llama_cpp  # noqa: PLC0415 - engines import their library lazily
+        import numpy as np  # noqa: PLC0415 - a dependency of llama-cpp-python, used only here
+
+        llm = self._require()
+        if not self.embedding:
+            raise EngineError("this model was not loaded for embeddings")
+        n_embd, n_batch = llm.n_embd(), llm.n_batch
+        n_seq_max = llm.context_params.n_seq_max
+        batch, ctx = llm._batch, llm._ctx  # what Llama.embed itself drives
+        vectors: list[bytes] = []
+        sizes: list[int] = []
+
+        def decode() -> None:
+            ctx.kv_cache_clear()
+            try:
+                ctx.decode(batch)
+            except RuntimeError as err:
+                raise EngineError(f"llama.cpp could not embed: {err}") from err
+            finally:
+                batch.reset()
+            if self._pool_here:
+                rows = np.ctypeslib.as_array(
+                    llama_cpp.llama_get_embeddings(ctx.ctx), shape=(sum(sizes), n_embd)
+                )
+                starts = np.cumsum([0, *sizes[:-1]])
+                pooled = [
+                    rows[start : start + size].mean(axis=0, dtype=np.float64)
+                    for start, size in zip(starts, sizes, strict=True)
+                ]
+            else:
+                pooled = [
+                    np.ctypeslib.as_array(
+                        llama_cpp.llama_get_embeddings_seq(ctx.ctx, seq), shape=(n_embd,)
+                    ).astype(np.float64)
+                    for seq in range(len(sizes))
+                ]
+            for vector in pooled:
+                norm = float(np.linalg.norm(vector))
+                if not np.isfinite(norm):
+                    raise EngineError("llama.cpp returned an embedding that is not finite")
+                unit = vector / norm if norm > 0 else vector
+                vectors.append(unit.astype("<f4").tobytes())
+            sizes.clear()
+
+        batch.reset()
+        for tokens in inputs:
+            if cancel.is_set():
+                raise EngineError("the embedding request was cancelled")
+            if sizes and (sum(sizes) + len(tokens) > n_batch or len(sizes) >= n_seq_max):
+                decode()
+            batch.add_sequence(list(tokens), len(sizes), True)
+            sizes.append(len(tokens))
+        if sizes:
+            decode()
+        ctx.kv_cache_clear()
+        return Embeddings(vectors=tuple(vectors), prompt_tokens=sum(len(t) for t in inputs))
 
     def close(self) -> None:
         """Release the llama.cpp model and context."""

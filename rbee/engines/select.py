@@ -162,9 +162,7 @@ def select_engine(
     Raises SelectionError with the reason when the request cannot work on this hive.
     """
     if engine != AUTO and engine not in ENGINES:
-        raise SelectionError(
-            f"unknown engine {engine!r} (engines: {', '.join(ENGINES)}, or auto)"
-        )
+        raise SelectionError(f"unknown engine {engine!r} (engines: {', '.join(ENGINES)}, or auto)")
     dev = _default_device(facts) if device == AUTO else parse_device(device, facts, hive)
     if engine != AUTO:
         return Choice(engine, dev, _check_engine(engine, dev, model, facts, hive))

@@ -4,7 +4,7 @@
     GET    /v1/workers         every worker on this hive
     POST   /v1/workers         {"model", "engine"?, "device"?, "ctx_size"?, "threads"?}
     DELETE /v1/workers/{id}    stop one worker
-    GET    /v1/models          the models in this hive's store
+    GET    /v1/models          the models in this hive's store, each artifact per format
 
 The worker routes are shared with the queen's app in integrated mode, where the queen runs its
 local hive in-process.

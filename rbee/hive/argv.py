@@ -33,4 +33,6 @@ def worker_argv(
     ]  # fmt: skip
     if spec.threads:
         argv += ["--threads", str(spec.threads)]
+    if spec.embeddings:
+        argv.append("--embeddings")
     return argv

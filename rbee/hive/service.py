@@ -1,28 +1,27 @@
 """What a hive does, wherever it runs: inside the queen (integrated mode) or as `rbee hive run`.
 
-It owns the machine's model store and worker processes: spawning checks the engine and device,
-fetches a catalog model the store lacks, then starts the worker and waits until it serves.
+It owns the machine's model store and worker processes: spawning picks the engine and device by
+the machine's hardware (rbee.hive.placement), fetches the artifact the store lacks, then starts the
+worker and waits until it serves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from types import TracebackType
 
 from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
-from rbee.errors import ConfigError
+from rbee.engines.factory import check_memory
 from rbee.hive.facts import Facts, local_facts
+from rbee.hive.placement import model_formats, place
 from rbee.hive.supervisor import Supervisor
-from rbee.models.catalog import validate_model_id
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore, StoredModel
 
-__all__ = ["ENGINES", "HiveService"]
-
-ENGINES = ("llamacpp",)
-"""Engines this version can run (ExLlamaV2 and MLX come with their adapters)."""
+__all__ = ["HiveService"]
 
 
 class HiveService:
@@ -69,17 +68,21 @@ class HiveService:
         return self._facts
 
     async def spawn(self, spec: WorkerSpec) -> WorkerInfo:
-        """Check the request, fetch the model if needed, start the worker, wait until it serves."""
-        validate_model_id(spec.model)
-        if spec.engine not in ENGINES:
-            raise ConfigError(
-                f"engine {spec.engine!r} is not available on {self.name} (available: "
-                f"{', '.join(ENGINES)})"
+        """Pick the engine and device, fetch the artifact if needed, start the worker, wait.
+
+        Everything that can be refused (unknown model, an engine or device this hive cannot
+        run) is refused before anything is fetched or started.
+        """
+        formats = await asyncio.to_thread(model_formats, self.store, spec.model)
+        spec, choice = place(spec, await self.facts(), formats, hive=self.name)
+        stored = await asyncio.to_thread(ensure_model, self.store, spec.model, fmt=choice.format)
+        artifact = stored.artifact(choice.format)
+        if artifact is not None:  # refuse here what the worker would refuse after starting
+            await asyncio.to_thread(
+                check_memory, spec.model, artifact.path, spec.device, spec.ctx_size
             )
-        if spec.device != "cpu":
-            raise ConfigError(f"device {spec.device!r} is not available on {self.name}; use cpu")
-        await asyncio.to_thread(ensure_model, self.store, spec.model)
-        return await self.supervisor.spawn(spec)
+        info = await self.supervisor.spawn(spec)
+        return dataclasses.replace(info, note=choice.note) if choice.note else info
 
     async def stop(self, worker_id: str) -> WorkerInfo:
         """Stop one worker (TERM, then KILL after the grace period)."""

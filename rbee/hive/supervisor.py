@@ -148,7 +148,7 @@ class Supervisor:
             info=WorkerInfo(
                 id=worker_id, model=spec.model, engine=spec.engine, device=spec.device,
                 state="starting", pid=proc.pid, started_at=time.time(), log_path=str(log_path),
-                context_length=spec.ctx_size,
+                context_length=spec.ctx_size, embeddings=spec.embeddings,
             ),
             proc=proc,
             lifeline=life_w,

@@ -10,6 +10,7 @@ POST   /v1/hives/{alias}/stop   stop the hive and everything it runs
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -74,7 +75,8 @@ async def stop_worker(request: Request) -> Response:
 async def list_hives(request: Request) -> Response:
     queen = _queen(request)
     local = {"name": LOCAL_HIVE, "host": "127.0.0.1", "state": "running", "pid": os.getpid(),
-             "workers": len(queen.hive.workers()), "last_error": None}  # fmt: skip
+             "workers": len(queen.hive.workers()), "last_error": None,
+             "facts": dataclasses.asdict(await queen.hive.facts())}  # fmt: skip
     remote = [h.describe() for h in queen.fleet.hives()]
     return JSONResponse({"object": "list", "data": [local, *remote]})
 

@@ -4,8 +4,10 @@ GET    /health                      liveness and a summary
 GET    /v1/models                   models with at least one ready worker
 POST   /v1/chat/completions         routed to a worker, streamed token by token
 POST   /v1/completions              same, for text completions
+POST   /v1/embeddings               routed to a worker loaded for embeddings (`--embeddings`)
 GET    /v1/workers                  every worker the queen started
-POST   /v1/workers                  {"model", "engine"?, "device"?, "ctx_size"?, "threads"?}
+POST   /v1/workers                  {"model", "engine"?, "device"?, "ctx_size"?, "threads"?,
+                                     "embeddings"?}
 DELETE /v1/workers/{id}             stop one worker
 """
 
@@ -30,6 +32,7 @@ from rbee.api.openai import (
     CompletionRequest,
     parse_chat_request,
     parse_completion_request,
+    parse_embedding_request,
 )
 from rbee.errors import ApiError
 from rbee.queen.admin import admin_routes
@@ -78,17 +81,24 @@ def _generation_route(
         queen = _queen(request)
         raw = await read_body(request)
         parsed = parse(parse_json(raw))
-        served = queen.registry.served_models()
+        served = queen.registry.served_models(embeddings=False)
         context = served.get(parsed.model)
         if context is None:
-            listing = ", ".join(served) or "none (start one with `rbee worker spawn --model ID`)"
-            raise ApiError(
-                404,
-                f"the model {parsed.model[:100]!r} does not exist or has no ready worker; "
-                f"available models: {listing}",
-                param="model",
-                code="model_not_found",
-            )
+            name = parsed.model[:100]
+            if parsed.model in queen.registry.served_models(embeddings=True):
+                message = (
+                    f"the model {name!r} has only workers loaded for embeddings (--embeddings); "
+                    f"start one for chat and completions with `rbee worker spawn --model {name}`"
+                )
+            else:
+                listing = (
+                    ", ".join(served) or "none (start one with `rbee worker spawn --model ID`)"
+                )
+                message = (
+                    f"the model {name!r} does not exist or has no ready worker; "
+                    f"available models: {listing}"
+                )
+            raise ApiError(404, message, param="model", code="model_not_found")
         wanted = parsed.sampling.max_tokens
         if wanted is not None and wanted >= context:
             raise ApiError(
@@ -101,6 +111,31 @@ def _generation_route(
         return await queen.relay.forward(request, parsed.model, path, raw, parsed.stream)
 
     return endpoint
+
+
+async def embeddings(request: Request) -> Response:
+    queen = _queen(request)
+    raw = await read_body(request)
+    parsed = parse_embedding_request(parse_json(raw))
+    if parsed.model not in queen.registry.served_models(embeddings=True):
+        name = parsed.model[:100]
+        if parsed.model in queen.registry.served_models(embeddings=False):
+            where = f"the model {name!r} has no worker loaded for embeddings"
+        else:
+            loaded = ", ".join(queen.registry.served_models(embeddings=True)) or "none"
+            where = (
+                f"the model {name!r} does not exist or has no ready worker loaded for "
+                f"embeddings (models loaded for embeddings: {loaded})"
+            )
+        raise ApiError(
+            404,
+            f"{where}; start one with `rbee worker spawn --model {name} --embeddings`",
+            param="model",
+            code="model_not_found",
+        )
+    return await queen.relay.forward(
+        request, parsed.model, "/v1/embeddings", raw, stream=False, embeddings=True
+    )
 
 
 def create_app(queen: Queen) -> Starlette:
@@ -121,6 +156,7 @@ def create_app(queen: Queen) -> Starlette:
                 _generation_route("/v1/completions", parse_completion_request),
                 methods=["POST"],
             ),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             *admin_routes(),
             *job_routes(),
         ],

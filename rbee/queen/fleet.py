@@ -117,6 +117,7 @@ class Fleet:
             store=self._store,
             desired=desired,
             on_desired=self._save,
+            config_text=config.asyncssh_text(alias),
         )
         assert self._tg is not None
         self._hives[alias] = hive

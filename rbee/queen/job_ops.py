@@ -10,7 +10,6 @@ from typing import Any
 from rbee.api.jobs import HiveAction, WorkerSpawn
 from rbee.config.hives import load_hives
 from rbee.errors import ConfigError
-from rbee.models.catalog import validate_model_id
 from rbee.models.sources import ensure_model
 from rbee.queen.jobs import Progress, Runner, RunnerFactory
 from rbee.queen.service import LOCAL_HIVE, Queen
@@ -29,18 +28,24 @@ def worker_spawn(operation: Any, state: Any) -> Runner:
     spec = operation.spec
 
     async def run(progress: Progress) -> dict[str, Any]:
-        progress.step(1, 2, f"fetching model {spec.model} (if needed)")
-        validate_model_id(spec.model)
+        progress.step(1, 3, f"choosing the engine for {spec.model}")
+        target = operation.hive or LOCAL_HIVE
+        placed, choice = await queen.place(spec, target)
+        progress.log(f"{placed.engine} on {placed.device} ({choice.format})")
+        if choice.note:
+            progress.log(choice.note)
+        progress.step(2, 3, f"fetching model {spec.model} (if needed)")
         store = queen.hive.store
-        if store.get(spec.model) is None:
+        stored = store.get(spec.model)
+        if stored is None or stored.artifact(choice.format) is None:
             # The hive would fetch it too, but silently: fetching here shows the transfer.
             await asyncio.to_thread(
-                ensure_model, store, spec.model, progress=progress.from_thread()
+                ensure_model, store, spec.model, fmt=choice.format, progress=progress.from_thread()
             )
         else:
             progress.log(f"model {spec.model} is already stored")
-        progress.step(2, 2, "starting worker…")
-        hive, info = await queen.spawn(spec, operation.hive or LOCAL_HIVE)
+        progress.step(3, 3, "starting worker…")
+        hive, info = await queen.spawn(placed, target)
         progress.log(f"worker {info.id} ready on {hive} (pid {info.pid}, port {info.port})")
         return info.to_json(hive)
 
@@ -99,7 +104,7 @@ def hive_install(operation: Any, state: Any) -> Runner:
             elif event.state == "done":
                 progress.log(f"{event.title}: {event.result} in {event.seconds:.1f}s")
 
-        async with HiveConnection(hive.alias, config.path) as conn:
+        async with HiveConnection.of(config, hive.alias) as conn:
             result = await install_hive(conn, hive, wheelhouse_for, step)
         return {"alias": hive.alias, "up_to_date": result.up_to_date,
                 "rbee_version": result.rbee_version, "install_dir": result.install_dir,

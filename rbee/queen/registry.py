@@ -1,4 +1,8 @@
-"""The queen's view of every worker on every hive, and of the requests each is serving."""
+"""The queen's view of every worker on every hive, and of the requests each is serving.
+
+A worker serves generation or, loaded with `--embeddings`, embeddings only: every question about
+which workers can take a request names the capability it needs.
+"""
 
 from __future__ import annotations
 
@@ -64,21 +68,27 @@ class Registry:
         """Every known worker."""
         return list(self._endpoints.values())
 
-    def ready(self, model: str) -> list[Endpoint]:
-        """The workers ready to serve `model`."""
+    def ready(self, model: str, *, embeddings: bool = False) -> list[Endpoint]:
+        """The workers ready to serve `model` for generation (or, with `embeddings`, for those)."""
         return [
-            e for e in self._endpoints.values() if e.info.model == model and e.info.state == "ready"
+            e
+            for e in self._endpoints.values()
+            if e.info.model == model and e.info.state == "ready" and e.info.embeddings == embeddings
         ]
 
-    def served_models(self) -> dict[str, int]:
-        """Each model with a ready worker, mapped to the smallest context among its workers."""
+    def served_models(self, *, embeddings: bool | None = None) -> dict[str, int]:
+        """Each model with a ready worker, mapped to the smallest context among its workers.
+
+        `embeddings` True or False counts only the workers loaded for embeddings, or only the
+        others; None counts every worker.
+        """
         models: dict[str, int] = {}
         for e in self._endpoints.values():
-            if e.info.state == "ready":
+            if e.info.state == "ready" and embeddings in (None, e.info.embeddings):
                 ctx = e.info.context_length
                 models[e.info.model] = min(models.get(e.info.model, ctx), ctx)
         return dict(sorted(models.items()))
 
-    def choose(self, model: str, exclude: set[str]) -> Endpoint | None:
-        """The ready worker for `model` that should take the next request."""
-        return pick(self.ready(model), exclude)
+    def choose(self, model: str, exclude: set[str], *, embeddings: bool = False) -> Endpoint | None:
+        """The ready worker for `model` (with the capability asked) to take the next request."""
+        return pick(self.ready(model, embeddings=embeddings), exclude)

@@ -85,13 +85,20 @@ class Relay:
             await self._client.aclose()
 
     async def forward(
-        self, request: Request, model: str, path: str, raw: bytes, stream: bool
+        self,
+        request: Request,
+        model: str,
+        path: str,
+        raw: bytes,
+        stream: bool,
+        *,
+        embeddings: bool = False,
     ) -> Response:
-        """POST `raw` to `path` on a worker serving `model`; relay its answer."""
+        """POST `raw` to `path` on a worker serving `model` (for embeddings, if asked); relay."""
         client = self._client
         assert client is not None, "the relay is not open"
         tried: set[str] = set()
-        while (endpoint := self.registry.choose(model, tried)) is not None:
+        while (endpoint := self.registry.choose(model, tried, embeddings=embeddings)) is not None:
             tried.add(endpoint.id)
             endpoint.outstanding += 1
             endpoint.dispatched += 1
@@ -117,8 +124,8 @@ class Relay:
                     # A whole answer arrives only when generation ends: watch the client meanwhile.
                     upstream = await until_disconnect(request, client.send(upstream_request))
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as err:
-                # Nothing came back: the worker (or the SSH forward to it) is gone. Generation has
-                # no side effects, so the request may go to another replica.
+                # Nothing came back: the worker (or the SSH forward to it) is gone. Generation and
+                # embedding have no side effects, so the request may go to another replica.
                 await release()
                 log.warning("worker %s unreachable (%r); trying another", endpoint.id, err)
                 continue

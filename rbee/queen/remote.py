@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import posixpath
@@ -26,7 +27,9 @@ import httpx
 from rbee.api.workers import WorkerInfo, WorkerSpec, parse_worker_info
 from rbee.config.hives import Hive
 from rbee.config.settings import Timeouts
+from rbee.engines.select import Choice
 from rbee.errors import ApiError, SshError, WorkerError
+from rbee.hive.placement import facts_from_json, model_formats, place
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore
 from rbee.ssh.argv import remote_command
@@ -57,10 +60,13 @@ class RemoteHive:
         store: ModelStore | None = None,
         desired: Sequence[WorkerSpec] = (),
         on_desired: Callable[[], None] | None = None,
+        config_text: str | None = None,
     ) -> None:
         self.hive = hive
         self.name = hive.alias
         self._config = config_path
+        self._config_text = config_text
+        self._facts: dict[str, Any] | None = None
         self._timeouts = timeouts
         self._command = list(command) if command else None
         self._lease = lease
@@ -97,6 +103,7 @@ class RemoteHive:
             "pid": self.pid,
             "workers": len(self._workers),
             "last_error": self.last_error,
+            "facts": self._facts,
         }
 
     async def models(self) -> list[dict[str, Any]]:
@@ -166,7 +173,10 @@ class RemoteHive:
             self.state = "connecting"
             try:
                 async with HiveConnection(
-                    self.name, self._config, connect_timeout=self._timeouts.connect * 2
+                    self.name,
+                    self._config,
+                    connect_timeout=self._timeouts.connect * 2,
+                    config_text=self._config_text,
                 ) as conn:
                     self._conn = conn
                     await self._session(conn)
@@ -199,6 +209,8 @@ class RemoteHive:
             listener = await conn.conn.forward_local_port("127.0.0.1", 0, "127.0.0.1", port)
             self._url = f"http://127.0.0.1:{listener.get_port()}"
             try:
+                facts = (await self._http("GET", "/health")).get("facts")
+                self._facts = facts if isinstance(facts, dict) else None
                 async with asyncio.TaskGroup() as tg:
                     beat = tg.create_task(self._beat(process))
                     tg.create_task(self._drain(process))
@@ -279,26 +291,48 @@ class RemoteHive:
                 log.info("%s: restoring a worker for %s", self.name, spec.model)
                 await self._spawn(spec)
 
+    async def place(self, spec: WorkerSpec) -> tuple[WorkerSpec, Choice]:
+        """Decide engine and device for `spec` by the hive's facts and the formats at hand."""
+        health = await self._http("GET", "/health")
+        try:
+            facts = facts_from_json(health.get("facts"))
+        except (TypeError, ValueError) as err:
+            raise SshError(f"{self.name}: the hive reported unreadable facts ({err})") from err
+        listed = await self._http("GET", "/v1/models")
+        there = [
+            f
+            for m in listed["data"]
+            if m.get("id") == spec.model
+            for f in (m.get("formats") or [m.get("format")])
+            if isinstance(f, str)
+        ]
+        formats = await asyncio.to_thread(model_formats, self._store, spec.model, elsewhere=there)
+        return place(spec, facts, formats, hive=self.name)
+
     async def _spawn(self, spec: WorkerSpec) -> WorkerInfo:
-        await self._ensure_model(spec.model)
+        spec, choice = await self.place(spec)
+        await self._ensure_model(spec.model, choice.format)
         body = {"model": spec.model, "engine": spec.engine, "device": spec.device,
-                "ctx_size": spec.ctx_size, "threads": spec.threads}  # fmt: skip
+                "ctx_size": spec.ctx_size, "threads": spec.threads,
+                "embeddings": spec.embeddings}  # fmt: skip
         info = parse_worker_info(await self._http("POST", "/v1/workers", json=body))
         await self._track(info)
-        return info
+        return dataclasses.replace(info, note=choice.note) if choice.note else info
 
-    async def _ensure_model(self, model: str) -> None:
-        """Upload `model` from the queen's store unless the hive has it already."""
+    async def _ensure_model(self, model: str, fmt: str = "gguf") -> None:
+        """Upload `model`'s `fmt` artifact from the queen's store unless the hive has it."""
         if self._store is None:
             return
         listed = await self._http("GET", "/v1/models")
-        if any(m.get("id") == model for m in listed["data"]):
-            return
-        stored = await asyncio.to_thread(ensure_model, self._store, model)
+        for m in listed["data"]:
+            # A hive of this version lists "formats"; one of the single-GGUF store, "format".
+            if m.get("id") == model and fmt in (m.get("formats") or [m.get("format")]):
+                return
+        stored = await asyncio.to_thread(ensure_model, self._store, model, fmt=fmt)
         health = await self._http("GET", "/health")
         assert self._conn is not None
-        log.info("%s: uploading model %s", self.name, model)
-        await upload_model(self._conn, stored, str(health["models_dir"]), self.hive.python)
+        log.info("%s: uploading model %s (%s)", self.name, model, fmt)
+        await upload_model(self._conn, stored, str(health["models_dir"]), self.hive.python, fmt=fmt)
 
     async def _track(self, info: WorkerInfo) -> None:
         self._workers[info.id] = info
@@ -349,9 +383,10 @@ class RemoteHive:
 
 def _spec_of(info: WorkerInfo) -> WorkerSpec:
     return WorkerSpec(model=info.model, engine=info.engine, device=info.device,
-                      ctx_size=info.context_length or 4096)  # fmt: skip
+                      ctx_size=info.context_length or 4096,
+                      embeddings=info.embeddings)  # fmt: skip
 
 
-def _kind(spec: WorkerSpec) -> tuple[str, str, str]:
+def _kind(spec: WorkerSpec) -> tuple[str, str, str, bool]:
     """What makes two workers interchangeable when restoring."""
-    return (spec.model, spec.engine, spec.device)
+    return (spec.model, spec.engine, spec.device, spec.embeddings)

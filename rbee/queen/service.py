@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -10,7 +11,9 @@ from types import TracebackType
 
 from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
+from rbee.engines.select import Choice
 from rbee.errors import RbeeError
+from rbee.hive.placement import model_formats, place
 from rbee.hive.service import HiveService
 from rbee.queen.fleet import Fleet
 from rbee.queen.jobs import JobManager
@@ -93,6 +96,13 @@ class Queen:
         for remote in self.fleet.hives():
             found += [(remote.name, w) for w in remote.workers()]
         return found
+
+    async def place(self, spec: WorkerSpec, hive: str = LOCAL_HIVE) -> tuple[WorkerSpec, Choice]:
+        """Engine, device and artifact format `spec` would get on `hive` (refusals raise)."""
+        if hive == LOCAL_HIVE:
+            formats = await asyncio.to_thread(model_formats, self.hive.store, spec.model)
+            return place(spec, await self.hive.facts(), formats, hive=LOCAL_HIVE)
+        return await self.fleet.get(hive).place(spec)
 
     async def spawn(self, spec: WorkerSpec, hive: str = LOCAL_HIVE) -> tuple[str, WorkerInfo]:
         """Start a worker for `spec` on `hive` (this machine by default)."""

@@ -2,6 +2,8 @@
 
 The connection reads the same hives.conf the operator can hand to `ssh -F` (asyncssh understands
 HostName, User, Port, IdentityFile, ProxyJump, UserKnownHostsFile, ServerAliveInterval, ...).
+asyncssh parses its whole config file for every connection (20 ms for 50 hives, each time), so
+`HiveConnection.of` hands it only that hive's lines, cut from the hives.conf rbee read once.
 Commands are argv lists quoted word by word (`rbee.ssh.argv`), and at most `MAX_CHANNELS` run at
 once: sshd's MaxSessions defaults to 10 per connection.
 """
@@ -9,7 +11,10 @@ once: sshd's MaxSessions defaults to 10 per connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -17,14 +22,21 @@ from typing import Any
 
 import asyncssh
 
+from rbee.config.hives import HivesConfig
 from rbee.errors import HostKeyError, RemoteCommandError, SshError
 from rbee.ssh.argv import remote_command
 
-__all__ = ["MAX_CHANNELS", "HiveConnection", "RemoteResult", "connect_error"]
+__all__ = ["CIPHER_PREFERENCE", "MAX_CHANNELS", "HiveConnection", "RemoteResult", "connect_error"]
 
 log = logging.getLogger(__name__)
 
 MAX_CHANNELS = 8
+
+# Last, so any Ciphers line of hives.conf wins (the first value found is the one used): the
+# AES-GCM ciphers first, the rest of asyncssh's default list after them, nothing left out. AES-GCM
+# is in OpenSSH's default list too; in asyncssh it costs less CPU per packet than
+# chacha20-poly1305, which builds a cipher object for every packet.
+CIPHER_PREFERENCE = "Match all\nCiphers ^aes128-gcm@openssh.com,aes256-gcm@openssh.com\n"
 
 
 @dataclass(frozen=True)
@@ -66,15 +78,40 @@ class HiveConnection:
         keepalive_interval: float = 5.0,
         keepalive_count_max: int = 3,
         known_hosts: Any = (),
+        config_text: str | None = None,
     ) -> None:
         self.alias = alias
         self._config = config_path
+        # asyncssh reads config from files only: the text goes to a private file while connecting.
+        self._config_text = config_text
         self._connect_timeout = connect_timeout
         self._keepalive = (keepalive_interval, keepalive_count_max)
         # () lets asyncssh take UserKnownHostsFile from the config (else ~/.ssh/known_hosts).
         self._known_hosts = known_hosts
         self._conn: asyncssh.SSHClientConnection | None = None
         self._channels = asyncio.Semaphore(MAX_CHANNELS)
+
+    @classmethod
+    def of(
+        cls,
+        config: HivesConfig,
+        alias: str,
+        *,
+        connect_timeout: float = 10.0,
+        keepalive_interval: float = 5.0,
+        keepalive_count_max: int = 3,
+    ) -> HiveConnection:
+        """A connection to hive `alias` that hands asyncssh only that hive's lines of hives.conf
+        (`HivesConfig.asyncssh_text`; the whole file where only that is faithful)."""
+        hive = config.get(alias)
+        return cls(
+            hive.alias,
+            config.path,
+            connect_timeout=connect_timeout,
+            keepalive_interval=keepalive_interval,
+            keepalive_count_max=keepalive_count_max,
+            config_text=config.asyncssh_text(alias),
+        )
 
     @property
     def conn(self) -> asyncssh.SSHClientConnection:
@@ -88,17 +125,32 @@ class HiveConnection:
         if self._known_hosts != ():
             options["known_hosts"] = self._known_hosts
         try:
-            self._conn = await asyncssh.connect(
-                self.alias,
-                config=[str(self._config)],
-                connect_timeout=self._connect_timeout,
-                keepalive_interval=self._keepalive[0],
-                keepalive_count_max=self._keepalive[1],
-                **options,
-            )
+            with self._config_file() as config:
+                self._conn = await asyncssh.connect(
+                    self.alias,
+                    config=[str(config)],
+                    connect_timeout=self._connect_timeout,
+                    keepalive_interval=self._keepalive[0],
+                    keepalive_count_max=self._keepalive[1],
+                    **options,
+                )
         except (OSError, asyncssh.Error, TimeoutError) as err:
             raise connect_error(self.alias, err) from err
         return self
+
+    @contextlib.contextmanager
+    def _config_file(self) -> Iterator[Path]:
+        """The file asyncssh reads while it connects (jump hosts included), removed after."""
+        if self._config_text is None:
+            yield self._config
+            return
+        with tempfile.NamedTemporaryFile(
+            "w", prefix=f"rbee-ssh-{self.alias}-", suffix=".conf", encoding="utf-8"
+        ) as file:  # mode 0600, and gone when closed
+            file.write(f"# {self._config}: the lines for {self.alias}\n{self._config_text}")
+            file.write(CIPHER_PREFERENCE)
+            file.flush()
+            yield Path(file.name)
 
     async def __aexit__(
         self,

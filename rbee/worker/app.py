@@ -1,8 +1,15 @@
-"""The worker's HTTP app: the OpenAI API for its one model, and /health."""
+"""The worker's HTTP app: the OpenAI API for its one model, and /health.
+
+A worker serves either generation (`/v1/chat/completions`, `/v1/completions`) or, when its model
+was loaded for embeddings (`--embeddings`), `/v1/embeddings`; each refuses the other's routes with
+a 400 that says which worker to start instead.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,8 +28,9 @@ from rbee.api.openai import (
     CompletionRequest,
     parse_chat_request,
     parse_completion_request,
+    parse_embedding_request,
 )
-from rbee.engines.base import Finish, Prepared
+from rbee.engines.base import Finish, Prepared, embedder_of
 from rbee.errors import ApiError, EngineError
 from rbee.worker.runner import EngineRunner
 
@@ -36,6 +44,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def create_app(runner: EngineRunner, model_id: str) -> Starlette:
     """The worker app serving `model_id` through `runner`."""
     started = int(time.time())
+    embedder = embedder_of(runner.engine)
 
     def check_model(name: str) -> None:
         if name != model_id:
@@ -55,11 +64,13 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
                 "model": model_id,
                 "engine": runner.engine.name,
                 "context_length": runner.engine.context_length,
+                "embeddings": embedder is not None,
                 "stats": {
                     "requests": stats.requests,
                     "active": stats.active,
                     "queued": stats.queued,
                     "generated_tokens": stats.generated_tokens,
+                    "embedded_inputs": stats.embedded_inputs,
                     "cancelled": stats.cancelled,
                     "last_finish": stats.last_finish,
                 },
@@ -72,6 +83,15 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
 
     async def generate(request: Request, parsed: ChatRequest | CompletionRequest) -> Response:
         check_model(parsed.model)
+        if embedder is not None:
+            raise ApiError(
+                400,
+                f"this worker loaded {model_id} for embeddings (--embeddings) and serves "
+                "/v1/embeddings only; for chat and completions, start a worker without "
+                f"--embeddings (`rbee worker spawn --model {model_id}`)",
+                param="model",
+                code="model_not_supported",
+            )
         prepared = await runner.prepare(parsed)
         if parsed.stream:
             return ClosingStreamingResponse(
@@ -99,12 +119,51 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
     async def complete(request: Request) -> Response:
         return await generate(request, parse_completion_request(await read_json(request)))
 
+    async def embeddings(request: Request) -> Response:
+        parsed = parse_embedding_request(await read_json(request))
+        check_model(parsed.model)
+        if embedder is None:
+            raise ApiError(
+                400,
+                f"this worker loaded {model_id} for chat and completions, not for embeddings; "
+                f"start one with `rbee worker spawn --model {model_id} --embeddings`",
+                param="model",
+                code="model_not_supported",
+            )
+        size = embedder.embedding_length
+        if parsed.dimensions is not None and parsed.dimensions != size:
+            raise ApiError(
+                400,
+                f"dimensions={parsed.dimensions} is not supported: {model_id} makes vectors of "
+                f"{size} dimensions (leave dimensions out, or send {size})",
+                param="dimensions",
+                code="unsupported_parameter",
+            )
+        tokens = await runner.tokenize_inputs(parsed.inputs)
+        try:
+            result = await until_disconnect(request, runner.embed(tokens))
+        except ClientGoneError:
+            return Response(status_code=499)
+
+        def encode() -> bytes:
+            body = responses.embedding_list(
+                parsed.model,
+                result.vectors,
+                base64=parsed.encoding_format == "base64",
+                prompt_tokens=result.prompt_tokens,
+            )
+            return json.dumps(body, separators=(",", ":")).encode()
+
+        # Thousands of vectors as JSON floats take a while to encode: not on the event loop.
+        return Response(await asyncio.to_thread(encode), media_type="application/json")
+
     return Starlette(
         routes=[
             Route("/health", health),
             Route("/v1/models", models),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", complete, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
     )

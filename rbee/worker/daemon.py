@@ -18,9 +18,14 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from rbee.api.workers import WorkerSpec
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.base import Engine
-from rbee.errors import ConfigError, ModelError
+from rbee.engines.factory import create_engine
+from rbee.engines.select import AUTO, engine_formats
+from rbee.errors import ModelError
+from rbee.hive.facts import local_facts
+from rbee.hive.placement import model_formats, place
 from rbee.models.store import ModelStore
 from rbee.net import bind_tcp, run_event_loop, uvicorn_server
 from rbee.proc import arm_parent_death_signal, watch_lifeline
@@ -37,8 +42,8 @@ class WorkerOptions:
     """What `rbee worker run` was asked to do."""
 
     model: str
-    engine: str = "llamacpp"
-    device: str = "cpu"
+    engine: str = AUTO
+    device: str = AUTO
     host: str = "127.0.0.1"
     port: int = 0
     ctx_size: int = 4096
@@ -46,26 +51,45 @@ class WorkerOptions:
     ready_fd: int | None = None
     lifeline_fd: int | None = None
     parent_pid: int | None = None
+    embeddings: bool = False
 
 
 def build_engine(paths: Paths, options: WorkerOptions) -> Engine:
-    """Check the stored model against its sha256 and set up the chosen engine (not loaded yet)."""
-    store = ModelStore(paths.models_dir)
-    stored = store.get(options.model)
-    if stored is None:
-        raise ModelError(
-            f"model {options.model!r} is not in the store at {paths.models_dir}"
-            " (`rbee up` or `rbee worker spawn` fetch the default model)"
-        )
-    store.verify(stored)
-    if options.engine != "llamacpp":
-        raise ConfigError(f"engine {options.engine!r} is not available yet; use llamacpp")
-    if options.device != "cpu":
-        raise ConfigError(f"device {options.device!r} is not available on this machine; use cpu")
-    from rbee.engines.llamacpp import LlamaCppEngine  # noqa: PLC0415 - engines import lazily
+    """Pick the artifact, check it against its sha256 and set up the engine (not loaded yet).
 
+    The hive has decided engine and device already; `rbee worker run` by hand may leave them
+    `auto`, and then the worker decides the same way from this machine's facts.
+    """
+    store = ModelStore(paths.models_dir)
+    spec = WorkerSpec(model=options.model, engine=options.engine, device=options.device,
+                      embeddings=options.embeddings)  # fmt: skip
+    formats = model_formats(store, options.model)
+    facts = local_facts() if AUTO in (options.engine, options.device) else None
+    if facts is not None:
+        spec, _ = place(spec, facts, formats, hive="localhost")
+    wanted = engine_formats(spec.engine, formats)
+    stored = store.get(options.model)
+    artifact = next(
+        (a for f in wanted if stored is not None and (a := stored.artifact(f)) is not None), None
+    )
+    if artifact is None:
+        have = ", ".join(stored.formats) if stored is not None else "nothing"
+        raise ModelError(
+            f"model {options.model!r} has no artifact engine {spec.engine} can load in the store "
+            f"at {paths.models_dir} (stored: {have}; {spec.engine} reads "
+            f"{', '.join(wanted) or 'none of its formats'}); `rbee worker spawn` fetches it"
+        )
+    store.verify(artifact)
     threads = options.threads or max(1, os.cpu_count() or 1)
-    return LlamaCppEngine(stored.path, n_ctx=options.ctx_size, n_threads=threads)
+    return create_engine(
+        spec.engine,
+        artifact.path,
+        model=options.model,
+        device=spec.device,
+        n_ctx=options.ctx_size,
+        threads=threads,
+        embeddings=options.embeddings,
+    )
 
 
 def run_worker(paths: Paths, options: WorkerOptions, timeouts: Timeouts = Timeouts()) -> int:

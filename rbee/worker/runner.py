@@ -4,7 +4,9 @@ Engines are not thread-safe and block while they compute, so every generation ru
 thread, one at a time, in arrival order (like mlx-lm's server: one generation thread, a queue per
 request). Each request gets an asyncio queue; the thread pushes pieces into it with
 `call_soon_threadsafe`. Leaving the async iterator early (a client that disconnected) sets the
-request's cancel flag, which the engine checks between tokens.
+request's cancel flag, which the engine checks between tokens. Embedding requests (a worker loaded
+for embeddings) take the same thread and queue; their answer is one future, their cancel flag is
+checked between llama.cpp batches.
 
 The thread loads the model itself, after lowering its own scheduling priority: the compute threads
 the engine starts (OpenMP's pool, created by the first thread that computes) inherit that
@@ -16,6 +18,7 @@ scheduling groups and share the machine fairly whatever the niceness.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -26,8 +29,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
 
-from rbee.api.openai import ChatRequest, CompletionRequest
-from rbee.engines.base import Engine, Finish, Prepared
+from rbee.api.openai import ChatRequest, CompletionRequest, EmbeddingInput
+from rbee.engines.base import Embedder, Embeddings, Engine, Finish, Prepared, embedder_of
 from rbee.errors import EngineError, RbeeError
 
 __all__ = ["COMPUTE_NICENESS", "EngineRunner", "RunnerStats"]
@@ -59,6 +62,7 @@ class RunnerStats:
     active: int = 0
     queued: int = 0
     generated_tokens: int = 0
+    embedded_inputs: int = 0
     cancelled: int = 0
     last_finish: dict[str, object] = field(default_factory=dict)
 
@@ -71,15 +75,24 @@ class _Job:
     out: asyncio.Queue[_Item]
 
 
+@dataclass
+class _EmbedJob:
+    embedder: Embedder
+    inputs: tuple[tuple[int, ...], ...]
+    cancel: threading.Event
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[Embeddings]
+
+
 class EngineRunner:
-    """Owns the engine thread; `stream()` runs one generation on it."""
+    """Owns the engine thread; `stream()` runs one generation on it, `embed()` one embedding."""
 
     def __init__(self, engine: Engine, *, niceness: int = COMPUTE_NICENESS) -> None:
         self.engine = engine
         self._niceness = niceness
         self._loaded: asyncio.Future[None] | None = None
         self.stats = RunnerStats()
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | _EmbedJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._state: Literal["new", "running", "closed"] = "new"
 
@@ -121,6 +134,32 @@ class EngineRunner:
         """Template and tokenize off the event loop (tokenizing reads the vocab only)."""
         return await asyncio.to_thread(self.engine.prepare, request)
 
+    def _embedder(self) -> Embedder:
+        embedder = embedder_of(self.engine)
+        if embedder is None:
+            raise EngineError(f"the {self.engine.name} engine was not loaded for embeddings")
+        return embedder
+
+    async def tokenize_inputs(
+        self, inputs: tuple[EmbeddingInput, ...]
+    ) -> tuple[tuple[int, ...], ...]:
+        """Tokenize embedding inputs off the event loop (tokenizing reads the vocab only)."""
+        return await asyncio.to_thread(self._embedder().tokenize_inputs, inputs)
+
+    async def embed(self, inputs: tuple[tuple[int, ...], ...]) -> Embeddings:
+        """Embed tokenized inputs on the engine thread; cancelling the await stops it there."""
+        if self._state != "running":
+            raise EngineError("the engine is shutting down")
+        loop = asyncio.get_running_loop()
+        job = _EmbedJob(self._embedder(), inputs, threading.Event(), loop, loop.create_future())
+        self.stats.requests += 1
+        self.stats.queued += 1
+        self._jobs.put(job)
+        try:
+            return await job.done
+        finally:
+            job.cancel.set()
+
     async def stream(self, prepared: Prepared) -> AsyncGenerator[str | Finish, None]:
         """Yield the pieces of one generation, then its Finish."""
         if self._state != "running":
@@ -154,9 +193,36 @@ class EngineRunner:
                 continue
             self.stats.active += 1
             try:
-                self._run(job)
+                if isinstance(job, _EmbedJob):
+                    self._run_embed(job)
+                else:
+                    self._run(job)
             finally:
                 self.stats.active -= 1
+
+    def _run_embed(self, job: _EmbedJob) -> None:
+        def settle(result: Embeddings | None, error: BaseException | None) -> None:
+            if job.done.done():  # cancelled: the client went away
+                return
+            if error is not None:
+                job.done.set_exception(EngineError(f"embedding failed: {error}"))
+            else:
+                assert result is not None
+                job.done.set_result(result)
+
+        try:
+            result = job.embedder.embed(job.inputs, job.cancel)
+        except Exception as err:
+            if not job.cancel.is_set():
+                log.exception("embedding failed")
+            else:
+                self.stats.cancelled += 1
+            outcome: tuple[Embeddings | None, BaseException | None] = (None, err)
+        else:
+            self.stats.embedded_inputs += len(result.vectors)
+            outcome = (result, None)
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            job.loop.call_soon_threadsafe(settle, *outcome)
 
     def _run(self, job: _Job) -> None:
         def put(item: _Item) -> None:

@@ -1,0 +1,77 @@
+"""Build the engine a worker was asked for, after checking that its model fits the device.
+
+The hive (or `rbee worker run`) has already chosen the engine, device and artifact through
+rbee.engines.select; this module maps that choice onto an adapter's constructor. Each adapter is
+imported only here and only when chosen, so a hive without mlx or exllamav2 never imports them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from rbee.engines.base import Engine
+from rbee.engines.fit import artifact_bytes, check_fits, estimate_need, mem_available
+from rbee.errors import RbeeError, SelectionError
+from rbee.hive.facts import NVIDIA_SMI_QUERY, parse_nvidia_smi
+from rbee.models.gguf import kv_cache_bytes
+
+__all__ = ["check_memory", "create_engine", "device_free_memory"]
+
+
+def device_free_memory(device: str) -> int | None:
+    """Free bytes on `device`: VRAM for cuda:N (nvidia-smi), else memory for new processes."""
+    if not device.startswith("cuda:"):
+        return mem_available()  # the CPU, and Apple Silicon's unified memory
+    index = int(device.split(":", 1)[1])
+    try:
+        out = subprocess.run(
+            NVIDIA_SMI_QUERY, capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+        gpus = parse_nvidia_smi(out)
+    except (OSError, subprocess.SubprocessError, RbeeError):
+        return None
+    return next((g.vram_free for g in gpus if g.index == index), None)
+
+
+def check_memory(model: str, path: Path, device: str, n_ctx: int) -> None:
+    """InsufficientMemoryError unless the artifact at `path` with `n_ctx` tokens fits `device`."""
+    kv_cache = kv_cache_bytes(path, n_ctx) if path.is_file() else 0
+    need = estimate_need(artifact_bytes(path), kv_cache=kv_cache)
+    check_fits(model, need, device_free_memory(device), device)
+
+
+def create_engine(
+    engine: str,
+    path: Path,
+    *,
+    model: str,
+    device: str = "cpu",
+    n_ctx: int = 4096,
+    threads: int = 1,
+    embeddings: bool = False,
+) -> Engine:
+    """The adapter for `engine` on `path`; InsufficientMemoryError if it cannot fit `device`."""
+    check_memory(model, path, device, n_ctx)
+    if engine == "llamacpp":
+        from rbee.engines.llamacpp import LlamaCppEngine  # noqa: PLC0415 - lazy by design
+
+        gpu = device != "cpu"
+        return LlamaCppEngine(
+            path,
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_gpu_layers=-1 if gpu else 0,
+            embedding=embeddings,
+        )
+    if embeddings:
+        raise SelectionError(f"engine {engine} does not serve embeddings; use llamacpp")
+    if engine == "mlx":
+        from rbee.engines.mlx import MlxEngine  # noqa: PLC0415
+
+        return MlxEngine(path, n_ctx=n_ctx, device=device)
+    if engine == "exllamav2":
+        from rbee.engines.exllamav2 import ExLlamaV2Engine  # noqa: PLC0415
+
+        return ExLlamaV2Engine(path, n_ctx=n_ctx, device=device)
+    raise SelectionError(f"unknown engine {engine!r}")
