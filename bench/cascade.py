@@ -76,7 +76,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for `tests.*` when run as `python bench/cascade.py`
 
-from benchdoc import write_section  # noqa: E402
+from benchdoc import run_main, write_section  # noqa: E402
 
 import rbee  # noqa: E402
 from rbee.config.settings import Paths, Timeouts  # noqa: E402
@@ -740,17 +740,12 @@ def model_cache() -> Path:
     return root
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Create the hives, run the trials, write docs/benchmarks.md, print the section."""
     settings = parse_args(argv)
     reason = unavailable_reason()
     if reason is not None:
         sys.exit(f"cascade: {reason}")
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     started, load_start = time.monotonic(), load_average()
     cache = model_cache()
     base = Path(tempfile.mkdtemp(prefix="cascade-bench-"))
@@ -777,8 +772,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        progress("interrupted")
-        sys.exit(130)
+    run_main(main, progress)

@@ -4,8 +4,8 @@ What is measured
     Two rbee workers serve the default GGUF (SmolLM2-135M-Instruct, Q4_1), one with
     `--engine llamacpp`, one with `--engine mlx --device cpu` (MLX reads the same GGUF through
     `mlx.core.load`: Q4_1 becomes MLX 4-bit, group size 32). Every request is a streamed
-    `POST /v1/chat/completions` (temperature 0, fixed max_tokens) over the relay benchmark's
-    prompts, one request at a time. Per engine:
+    `POST /v1/chat/completions` (temperature 0, fixed max_tokens) over the first four of the
+    relay benchmark's prompts, one request at a time. Per engine:
       ready        seconds from starting `rbee worker run` to its /health answering (process
                    start, imports, model load)
       TTFT         from sending a request to its first content chunk
@@ -17,10 +17,10 @@ What is measured
 
 How
     Both workers stay loaded; only one generates at a time. Batches are interleaved in rounds
-    (llamacpp, mlx, llamacpp, ...) so drift on a shared machine hits both alike, after two
-    unmeasured warm-up requests each. The number of rounds is bounded by a time budget.
+    (llamacpp, mlx, llamacpp, ...) so drift on a shared machine hits both alike, after one
+    short unmeasured warm-up request each. The number of rounds is bounded by a time budget.
 
-Run `.venv/bin/python bench/engines.py` (about 4 minutes) or add `--quick` (about a minute,
+Run `.venv/bin/python bench/engines.py` (about 8 minutes) or add `--quick` (about a minute,
 indicative figures only). MLX on Linux needs `mlx[cpu]` (installed by `make setup`).
 """
 
@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from benchdoc import write_section
+from benchdoc import run_main, write_section
 from relay import (
     HTTP_TIMEOUT,
     MODEL,
@@ -85,6 +84,8 @@ class Settings:
     """How much to run."""
 
     quick: bool
+    prompts: int
+    """The first this many of the relay benchmark's prompts."""
     max_tokens: int
     rounds: int
     budget: float
@@ -163,13 +164,13 @@ def workers() -> Iterator[dict[str, Worker]]:
 
 
 async def run_batch(
-    client: httpx.AsyncClient, target: Target, max_tokens: int, tally: Tally
+    client: httpx.AsyncClient, target: Target, settings: Settings, tally: Tally
 ) -> None:
     """Every prompt once, one at a time."""
     started = time.perf_counter()
-    for prompt in PROMPTS:
+    for prompt in PROMPTS[: settings.prompts]:
         try:
-            sample = await measure_one(client, target, request_body(prompt, max_tokens))
+            sample = await measure_one(client, target, request_body(prompt, settings.max_tokens))
         except Exception as err:
             tally.failures.append(f"{type(err).__name__}: {err}")
             continue
@@ -187,16 +188,13 @@ async def run_all(running: dict[str, Worker], settings: Settings) -> dict[str, T
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, trust_env=False) as client:
         for engine in ENGINES:
             progress(f"warming up {LABELS[engine]}")
-            for prompt in PROMPTS[:2]:
-                await measure_one(
-                    client, targets[engine], request_body(prompt, settings.max_tokens)
-                )
+            await measure_one(client, targets[engine], request_body(PROMPTS[-1], 8))
         deadline = time.monotonic() + settings.budget
         for round_no in range(1, settings.rounds + 1):
             progress(f"round {round_no} of at most {settings.rounds}")
             started = time.monotonic()
             for engine in ENGINES:
-                await run_batch(client, targets[engine], settings.max_tokens, tallies[engine])
+                await run_batch(client, targets[engine], settings, tallies[engine])
                 tallies[engine].rounds += 1
             if time.monotonic() + (time.monotonic() - started) > deadline:
                 break
@@ -281,7 +279,7 @@ def render(tallies: dict[str, Tally], settings: Settings, load: tuple[str, str])
         f"| mlx / mlx-lm | {_version('mlx')} / {_version('mlx-lm')} |",
         f"| model | {MODEL} (Q4_1 GGUF, the same file for both), n_ctx {N_CTX}, "
         f"{THREADS} threads for llama.cpp |",
-        f"| workload | {len(PROMPTS)} chat prompts, max_tokens {settings.max_tokens}, "
+        f"| workload | {settings.prompts} chat prompts, max_tokens {settings.max_tokens}, "
         "temperature 0, "
         f"one request at a time; rounds: {tallies['llamacpp'].rounds} "
         f"(at most {settings.rounds}, within a {settings.budget:.0f}s budget) |",
@@ -320,12 +318,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--quick", action="store_true", help="a short run (about a minute)")
     args = parser.parse_args(argv)
     if args.quick:
-        return Settings(quick=True, max_tokens=32, rounds=2, budget=40)
-    return Settings(quick=False, max_tokens=64, rounds=6, budget=200)
-
-
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+        return Settings(quick=True, prompts=2, max_tokens=16, rounds=1, budget=60)
+    # MLX's CPU backend decodes this model at a few tokens/s here: a round of 4 prompts takes it
+    # about two minutes, so the run stays within about 8 minutes.
+    return Settings(quick=False, prompts=4, max_tokens=32, rounds=3, budget=300)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -333,7 +329,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     if importlib.util.find_spec("mlx") is None:
         sys.exit("engines: mlx is not installed: run `make setup` (it installs mlx[cpu] on Linux)")
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     started = time.monotonic()
     load_start = load_average()
     with workers() as running:
@@ -346,8 +341,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        progress("interrupted")
-        sys.exit(130)
+    run_main(main, progress)

@@ -85,7 +85,7 @@ import asyncssh
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/hives.py is not part of the installed package
 
-from benchdoc import write_section  # noqa: E402
+from benchdoc import run_main, write_section  # noqa: E402
 
 import rbee  # noqa: E402
 from rbee.config.hives import Hive, load_hives  # noqa: E402
@@ -1047,15 +1047,10 @@ def hives(n: int) -> Iterator[HiveSet]:
         progress("hives removed")
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Create the hives, measure, write docs/benchmarks.md, print the section."""
     settings = parse_args(argv)
     check_requirements()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     started = time.monotonic()
     load_start = load_average()
     with hives(settings.sizes[-1]) as hive_set:
@@ -1072,8 +1067,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        progress("interrupted")
-        sys.exit(130)
+    run_main(main, progress)

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchdoc import write_section
+from benchdoc import run_main, write_section
 
 import rbee
 from rbee.models.catalog import DEFAULT_MODEL_ID
@@ -767,15 +767,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     return Settings(quick=False, max_tokens=64, rounds=10, budget=330)
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the servers, measure, write docs/benchmarks.md, print the section."""
     settings = parse_args(argv)
     check_server_extra()
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     started = time.monotonic()
     load_start = load_average()
     with servers() as running:
@@ -788,8 +783,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        progress("interrupted")
-        sys.exit(130)
+    run_main(main, progress)

@@ -15,7 +15,8 @@ from rbee.errors import QueenNotRunningError
 from rbee.hive.daemon import HiveOptions, run_hive
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore
-from rbee.queen.daemon import read_record, run_queen, start_daemon, stop_daemon
+from rbee.queen.daemon import run_queen, start_daemon, stop_daemon
+from rbee.queen.record import read_record
 from rbee.queen.service import QueenOptions
 from rbee.worker.daemon import WorkerOptions, run_worker
 

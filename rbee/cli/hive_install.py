@@ -10,7 +10,7 @@ from rbee.cli.jobs import run_job
 from rbee.cli.output import confirm, emit
 from rbee.config.hives import Hive, hives_path, load_hives
 from rbee.config.settings import Paths
-from rbee.queen.daemon import read_record
+from rbee.queen.record import read_record
 from rbee.ssh.connection import HiveConnection
 from rbee.ssh.install import StepEvent, install_hive, uninstall_hive
 from rbee.ssh.wheelhouse import Target, Wheelhouse, build_wheelhouse, extra_dirs_from_env

@@ -16,7 +16,7 @@ from rbee.config.hives import Hive, HivesConfig, hives_path, load_hives
 from rbee.config.settings import Paths
 from rbee.errors import HostKeyError, QueenError, RbeeError
 from rbee.hive.facts import Facts
-from rbee.queen.daemon import read_record
+from rbee.queen.record import read_record
 from rbee.ssh.connection import HiveConnection
 from rbee.ssh.facts import status_facts
 from rbee.ssh.trust import fetch_host_key, record_host_key

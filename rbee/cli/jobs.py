@@ -23,7 +23,7 @@ from rbee.api.jobs_client import (
 from rbee.cli.output import LiveProgress, emit, live_progress, note, table
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
 from rbee.errors import QueenError
-from rbee.queen.daemon import read_record
+from rbee.queen.record import read_record
 
 __all__ = ["job_cancel", "job_list", "job_watch", "render_event", "run_job", "watch_job"]
 

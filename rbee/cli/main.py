@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rbee import __version__
-from rbee.cli import daemons, hive_install, hive_ssh, hives, jobs, models, remote
 from rbee.cli.output import fail
+from rbee.config.hive_keys import DEFAULT_HIVE_PORT
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
 from rbee.errors import RbeeError
-from rbee.hive.daemon import DEFAULT_HIVE_PORT
-from rbee.models.catalog import DEFAULT_MODEL_ID
+from rbee.models.catalog import DEFAULT_MODEL_ID, FORMATS
 
 __all__ = ["build_parser", "main"]
+
+
+@dataclass(frozen=True)
+class _lazy:
+    """A command's handler, imported when the command runs: `rbee hive status` need not import
+    the queen's server, nor `rbee --help` anything at all."""
+
+    module: str
+    name: str
+
+    def __call__(self, args: argparse.Namespace, paths: Paths) -> int:
+        handler = getattr(importlib.import_module(f"rbee.cli.{self.module}"), self.name)
+        status: int = handler(args, paths)
+        return status
 
 
 def _port(text: str) -> int:
@@ -111,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default=DEFAULT_MODEL_ID, help=f"model to serve (default {DEFAULT_MODEL_ID})"
     )
     _add_worker_options(up)
-    up.set_defaults(handler=daemons.up)
+    up.set_defaults(handler=_lazy("daemons", "up"))
 
     queen = commands.add_parser("queen", help="start, stop or inspect the queen daemon")
     queen_cmds = queen.add_subparsers(dest="queen_command", required=True, metavar="ACTION")
@@ -120,17 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--model", action="append", default=[], help="model to start a worker for (repeatable)"
     )
-    start.set_defaults(handler=daemons.queen_start)
+    start.set_defaults(handler=_lazy("daemons", "queen_start"))
     queen_cmds.add_parser("stop", help="stop the queen and everything it started").set_defaults(
-        handler=daemons.queen_stop
+        handler=_lazy("daemons", "queen_stop")
     )
     queen_cmds.add_parser(
         "status", help="is the queen running, and what does it serve"
-    ).set_defaults(handler=daemons.queen_status)
+    ).set_defaults(handler=_lazy("daemons", "queen_status"))
     run = queen_cmds.add_parser("run", help="run the queen in the foreground (what start runs)")
     _add_serve_options(run)
     run.add_argument("--model", action="append", default=[], help=argparse.SUPPRESS)
-    run.set_defaults(handler=daemons.queen_run)
+    run.set_defaults(handler=_lazy("daemons", "queen_run"))
 
     worker = commands.add_parser("worker", help="start, list and stop workers")
     worker_cmds = worker.add_subparsers(dest="worker_command", required=True, metavar="ACTION")
@@ -138,11 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     spawn.add_argument("--model", required=True, help="model id, e.g. smollm2-135m")
     spawn.add_argument("--hive", default="localhost", help="hive alias (default: this machine)")
     _add_worker_options(spawn)
-    spawn.set_defaults(handler=remote.worker_spawn)
-    worker_cmds.add_parser("list", help="list workers").set_defaults(handler=remote.worker_list)
+    spawn.set_defaults(handler=_lazy("remote", "worker_spawn"))
+    worker_cmds.add_parser("list", help="list workers").set_defaults(
+        handler=_lazy("remote", "worker_list")
+    )
     stop = worker_cmds.add_parser("stop", help="stop a worker")
     stop.add_argument("worker_id", metavar="ID")
-    stop.set_defaults(handler=remote.worker_stop)
+    stop.set_defaults(handler=_lazy("remote", "worker_stop"))
     wrun = worker_cmds.add_parser("run", help="run a worker in the foreground (hives use this)")
     wrun.add_argument("--model", required=True)
     wrun.add_argument("--port", type=_port, default=0)
@@ -150,23 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     wrun.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     wrun.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
     wrun.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
-    wrun.set_defaults(handler=daemons.worker_run)
+    wrun.set_defaults(handler=_lazy("daemons", "worker_run"))
 
     model = commands.add_parser("model", help="models in the catalog and the store")
     model_cmds = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     mlist = model_cmds.add_parser("list", help="list known and stored models, per format")
     mlist.add_argument("--hive", help="list a started hive's store instead (via the queen)")
-    mlist.set_defaults(handler=models.model_list)
+    mlist.set_defaults(handler=_lazy("models", "model_list"))
     mimport = model_cmds.add_parser(
         "import", help="copy a GGUF file or a model folder (mlx, exl2, gptq) into the store"
     )
     mimport.add_argument("path", metavar="PATH", help="a .gguf file or a model folder")
     mimport.add_argument("--id", help="model id to store it as (default: from the name)")
-    mimport.add_argument(
-        "--format", choices=models.FORMATS, help="the model's format (default: detected)"
-    )
+    mimport.add_argument("--format", choices=FORMATS, help="the model's format (default: detected)")
     mimport.add_argument("--force", action="store_true", help="replace a stored artifact")
-    mimport.set_defaults(handler=models.model_import)
+    mimport.set_defaults(handler=_lazy("models", "model_import"))
     mdownload = model_cmds.add_parser(
         "download", help="download a model from the Hugging Face hub ($HF_ENDPOINT, $HF_TOKEN)"
     )
@@ -176,20 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     mdownload.add_argument("--id", help="model id to store it as (default: from the repo name)")
     mdownload.add_argument("--revision", default="main", help="branch, tag or commit (main)")
     mdownload.add_argument(
-        "--format", choices=models.FORMATS, help="the model's format (default: detected)"
+        "--format", choices=FORMATS, help="the model's format (default: detected)"
     )
     mdownload.add_argument("--force", action="store_true", help="replace a stored artifact")
-    mdownload.set_defaults(handler=models.model_download)
+    mdownload.set_defaults(handler=_lazy("models", "model_download"))
 
     hive = commands.add_parser("hive", help="the machines in hives.conf")
     hive_cmds = hive.add_subparsers(dest="hive_command", required=True, metavar="ACTION")
     hive_cmds.add_parser("list", help="list the hives in hives.conf").set_defaults(
-        handler=hives.hive_list
+        handler=_lazy("hives", "hive_list")
     )
     trust = hive_cmds.add_parser("trust", help="show a hive's host key and trust it")
     trust.add_argument("alias", metavar="ALIAS")
     trust.add_argument("--yes", action="store_true", help="trust it without asking")
-    trust.set_defaults(handler=hive_ssh.hive_trust)
+    trust.set_defaults(handler=_lazy("hive_ssh", "hive_trust"))
     status = hive_cmds.add_parser("status", help="connect to hives at once, show their facts")
     status.add_argument(
         "alias",
@@ -197,20 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         help="hives to read (default: every hive in hives.conf)",
     )
-    status.set_defaults(handler=hive_ssh.hive_status)
+    status.set_defaults(handler=_lazy("hive_ssh", "hive_status"))
     install = hive_cmds.add_parser("install", help="install rbee on a hive over SSH (offline)")
     install.add_argument("alias", metavar="ALIAS")
-    install.set_defaults(handler=hive_install.hive_install)
+    install.set_defaults(handler=_lazy("hive_install", "hive_install"))
     uninstall = hive_cmds.add_parser("uninstall", help="remove what install put on a hive")
     uninstall.add_argument("alias", metavar="ALIAS")
     uninstall.add_argument("--yes", action="store_true", help="remove it without asking")
-    uninstall.set_defaults(handler=hive_install.hive_uninstall)
+    uninstall.set_defaults(handler=_lazy("hive_install", "hive_uninstall"))
     hstart = hive_cmds.add_parser("start", help="have the queen start a hive over SSH")
     hstart.add_argument("alias", metavar="ALIAS")
-    hstart.set_defaults(handler=remote.hive_start)
+    hstart.set_defaults(handler=_lazy("remote", "hive_start"))
     hstop = hive_cmds.add_parser("stop", help="have the queen stop a hive and its workers")
     hstop.add_argument("alias", metavar="ALIAS")
-    hstop.set_defaults(handler=remote.hive_stop)
+    hstop.set_defaults(handler=_lazy("remote", "hive_stop"))
     hrun = hive_cmds.add_parser("run", help="run a hive in the foreground (the queen does this)")
     hrun.add_argument("--port", type=_port, default=DEFAULT_HIVE_PORT, help="loopback port")
     hrun.add_argument(
@@ -220,23 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many seconds without a heartbeat line on stdin",
     )
     hrun.add_argument("--name", default="localhost", help="the hive's name in reports")
-    hrun.set_defaults(handler=daemons.hive_run)
+    hrun.set_defaults(handler=_lazy("daemons", "hive_run"))
 
     config = commands.add_parser("config", help="check rbee's configuration files")
     config_cmds = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_cmds.add_parser(
         "check", help="check hives.conf without connecting anywhere"
-    ).set_defaults(handler=hives.config_check)
+    ).set_defaults(handler=_lazy("hives", "config_check"))
 
     job = commands.add_parser("job", help="watch, list and cancel the queen's jobs")
     job_cmds = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
-    job_cmds.add_parser("list", help="running and recent jobs").set_defaults(handler=jobs.job_list)
+    job_cmds.add_parser("list", help="running and recent jobs").set_defaults(
+        handler=_lazy("jobs", "job_list")
+    )
     watch = job_cmds.add_parser("watch", help="replay a job's progress and follow it to its end")
     watch.add_argument("job_id", metavar="ID")
-    watch.set_defaults(handler=jobs.job_watch)
+    watch.set_defaults(handler=_lazy("jobs", "job_watch"))
     cancel = job_cmds.add_parser("cancel", help="cancel a running job")
     cancel.add_argument("job_id", metavar="ID")
-    cancel.set_defaults(handler=jobs.job_cancel)
+    cancel.set_defaults(handler=_lazy("jobs", "job_cancel"))
 
     infer = commands.add_parser("infer", help="stream one answer to stdout")
     infer.add_argument("--model", default=DEFAULT_MODEL_ID)
@@ -244,11 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--max-tokens", type=_positive)
     infer.add_argument("--temperature", type=float)
     infer.add_argument("--seed", type=int)
-    infer.set_defaults(handler=remote.infer)
+    infer.set_defaults(handler=_lazy("remote", "infer"))
     return parser
 
 
-_DAEMONS = {daemons.queen_run, daemons.worker_run, daemons.hive_run}
+_DAEMONS = {
+    _lazy("daemons", "queen_run"),
+    _lazy("daemons", "worker_run"),
+    _lazy("daemons", "hive_run"),
+}
 
 
 def _configure_logging(verbose: bool, handler: object) -> None:

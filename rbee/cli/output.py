@@ -19,7 +19,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from rbee.models.sources import Progress as ProgressFn
+from rbee.models.transfer import Progress as ProgressFn
 
 __all__ = [
     "LiveProgress",

@@ -11,7 +11,7 @@ from rbee.api.jobs_client import queen_http
 from rbee.cli.jobs import run_job
 from rbee.cli.output import emit, table
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
-from rbee.queen.daemon import read_record
+from rbee.queen.record import read_record
 
 __all__ = [
     "hive_start",

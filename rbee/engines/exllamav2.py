@@ -22,20 +22,16 @@ import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from rbee.api.openai import ChatRequest, CompletionRequest, SamplingParams
 from rbee.engines.base import Finish, FinishReason, Prepared, StopMatcher, fit_context
+from rbee.engines.chat_template import ChatTemplate, folder_template_source
 from rbee.engines.fit import artifact_bytes, check_fits, estimate_need
 from rbee.errors import ApiError, EngineError
 
 __all__ = [
-    "ChatTemplate",
     "ExLlamaV2Engine",
     "ModelFolder",
     "cache_tokens",
@@ -141,23 +137,6 @@ def _quantization(config: dict[str, Any], folder: Path) -> str | None:
     return _tensor_quantization(folder)
 
 
-def _template_source(folder: Path, tokenizer_config: dict[str, Any]) -> str | None:
-    """The chat template: tokenizer_config.json's, else a chat_template.jinja beside it."""
-    template = tokenizer_config.get("chat_template")
-    if isinstance(template, list):  # several named templates: HF uses "default"
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    if isinstance(template, str) and template.strip():
-        return template
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        try:
-            return jinja.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise EngineError(f"{jinja}: cannot read the chat template: {err}") from err
-    return None
-
-
 def _field(config: dict[str, Any], path: Path, *names: str, default: int | None = None) -> int:
     for name in names:
         value = config.get(name)
@@ -206,7 +185,7 @@ def read_folder(path: Path) -> ModelFolder:
             default=hidden // heads if isinstance(hidden, int) and hidden > 0 else None,
         ),
         native_context=_field(config, config_path, "max_position_embeddings", default=0) or None,
-        chat_template=_template_source(path, tokenizer),
+        chat_template=folder_template_source(path, tokenizer),
         bos_token=bos,
         eos_token=_token_text(tokenizer.get("eos_token")),
         add_bos=add_bos if isinstance(add_bos, bool) else bool(bos),
@@ -232,49 +211,16 @@ def kv_cache_bytes(folder: ModelFolder, tokens: int) -> int:
     return 2 * folder.layers * folder.kv_heads * folder.head_dim * tokens * 2
 
 
-class ChatTemplate:
-    """A folder's Jinja chat template, compiled once and rendered as transformers renders it."""
-
-    def __init__(self, source: str, *, bos_token: str, eos_token: str) -> None:
-        env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-        )
-        env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = _strftime_now
-        env.filters["tojson"] = _tojson
-        self._template = env.from_string(source)
-        self._bos = bos_token
-        self._eos = eos_token
-
-    def render(self, messages: list[dict[str, str]]) -> str:
-        """The prompt for `messages`, ending where the assistant's answer begins."""
-        return self._template.render(
-            messages=messages, bos_token=self._bos, eos_token=self._eos, add_generation_prompt=True
-        )
-
-
-def _raise_exception(message: str) -> None:
-    raise TemplateError(message)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().astimezone().strftime(fmt)
-
-
-def _tojson(value: object, indent: int | None = None) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=indent)
-
-
 def chat_template(folder: ModelFolder) -> ChatTemplate | None:
     """The folder's compiled chat template, None if it has none; EngineError if it is not Jinja."""
     if folder.chat_template is None:
         return None
-    try:
-        return ChatTemplate(
-            folder.chat_template, bos_token=folder.bos_token, eos_token=folder.eos_token
-        )
-    except TemplateError as err:
-        raise EngineError(f"{folder.path}: the chat template is not valid Jinja: {err}") from err
+    return ChatTemplate(
+        folder.chat_template,
+        bos_token=folder.bos_token,
+        eos_token=folder.eos_token,
+        where=str(folder.path),
+    )
 
 
 def sampler_settings(sampling: SamplingParams) -> dict[str, float | int]:
@@ -479,7 +425,7 @@ class ExLlamaV2Engine:
             messages = [{"role": m.role, "content": m.content} for m in request.messages]
             try:
                 text = self._template.render(messages)
-            except TemplateError as err:
+            except Exception as err:  # the template may raise anything: the messages are at fault
                 raise ApiError(
                     400, f"the chat template rejected these messages: {err}", param="messages"
                 ) from err

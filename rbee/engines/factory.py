@@ -56,12 +56,12 @@ def create_engine(
     if engine == "llamacpp":
         from rbee.engines.llamacpp import LlamaCppEngine  # noqa: PLC0415 - lazy by design
 
-        gpu = device != "cpu"
         return LlamaCppEngine(
             path,
             n_ctx=n_ctx,
             n_threads=threads,
-            n_gpu_layers=-1 if gpu else 0,
+            n_gpu_layers=0 if device == "cpu" else -1,  # CUDA or Metal: every layer on the GPU
+            main_gpu=int(device.split(":")[1]) if device.startswith("cuda:") else None,
             embedding=embeddings,
         )
     if embeddings:

@@ -76,12 +76,16 @@ class LlamaCppEngine:
         n_ctx: int = 4096,
         n_threads: int = 2,
         n_gpu_layers: int = 0,
+        main_gpu: int | None = None,
         embedding: bool = False,
     ) -> None:
+        """`n_gpu_layers` -1 offloads every layer (CUDA and Metal builds); `main_gpu` N keeps the
+        model on that one CUDA GPU (`--device cuda:N`) instead of splitting it across all."""
         self._path = model_path
         self._n_ctx = n_ctx
         self._n_threads = n_threads
         self._n_gpu_layers = n_gpu_layers
+        self._main_gpu = main_gpu
         self.embedding = embedding
         self._llm: Any = None
         self._formatter: Any = None
@@ -109,6 +113,7 @@ class LlamaCppEngine:
         # Pooled embeddings need each input's tokens in one micro-batch: any input that fits the
         # context must fit the batch too. (512 is llama-cpp-python's own default.)
         batch = self._n_ctx if self.embedding else 512
+        one_gpu = self._main_gpu is not None
         try:
             llm = llama_cpp.Llama(
                 model_path=str(self._path),
@@ -120,6 +125,10 @@ class LlamaCppEngine:
                 n_ubatch=batch,
                 embedding=self.embedding,
                 verbose=False,
+                main_gpu=self._main_gpu or 0,
+                split_mode=(
+                    llama_cpp.LLAMA_SPLIT_MODE_NONE if one_gpu else llama_cpp.LLAMA_SPLIT_MODE_LAYER
+                ),
             )
         except (ValueError, RuntimeError, OSError) as err:
             raise EngineError(f"llama.cpp could not load {self._path}: {err}") from err

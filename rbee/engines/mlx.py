@@ -25,13 +25,13 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rbee.api.openai import ChatRequest, CompletionRequest, SamplingParams
 from rbee.engines import gguf_meta
 from rbee.engines.base import Finish, FinishReason, Prepared, StopMatcher, fit_context
+from rbee.engines.chat_template import ChatTemplate, folder_template_source
 from rbee.engines.fit import artifact_bytes, check_fits, estimate_need, mem_available
 from rbee.errors import ApiError, EngineError
 
@@ -52,8 +52,7 @@ class _Vocab:
     plain: Any  # the same tokenizer reading special tokens as text (raw completion prompts)
     pieces: tuple[bytes, ...]  # each token id's bytes, as llama.cpp renders it
     eog: frozenset[int]
-    template: Any  # a compiled Jinja chat template, or None
-    template_source: str | None
+    template: ChatTemplate | None
     bos_text: str
     eos_text: str
 
@@ -138,49 +137,6 @@ def token_pieces(document: dict[str, Any], where: str) -> tuple[bytes, ...]:
     return tuple(pieces)
 
 
-def _compile_template(template: str, where: str) -> Any:
-    """Compile a chat template the way llama-cpp-python and transformers render them."""
-    import jinja2  # noqa: PLC0415 - only engines that render templates need it
-    import jinja2.ext  # noqa: PLC0415
-    from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: PLC0415
-
-    class _IgnoreGeneration(jinja2.ext.Extension):
-        # transformers' `{% generation %}` tag marks training spans; rendering passes it through.
-        tags = {"generation"}  # noqa: RUF012 - jinja2's Extension declares it a class set
-
-        def parse(self, parser: Any) -> Any:
-            parser.stream.skip(1)
-            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True,
-        lstrip_blocks=True,
-        extensions=[_IgnoreGeneration, jinja2.ext.loopcontrols],
-    )
-    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(
-        x, ensure_ascii=False, indent=indent
-    )
-    try:
-        return env.from_string(template)
-    except jinja2.TemplateError as err:
-        raise EngineError(f"{where}: the chat template does not compile: {err}") from err
-
-
-def _render(template: Any, messages: list[dict[str, str]], vocab: _Vocab) -> str:
-    def raise_exception(message: str) -> None:
-        raise ValueError(message)
-
-    text: str = template.render(
-        messages=messages,
-        bos_token=vocab.bos_text,
-        eos_token=vocab.eos_text,
-        add_generation_prompt=True,
-        raise_exception=raise_exception,
-        strftime_now=lambda f: datetime.now().strftime(f),
-    )
-    return text
-
-
 def _make_vocab(
     document: dict[str, Any],
     *,
@@ -201,8 +157,11 @@ def _make_vocab(
         plain=plain,
         pieces=token_pieces(document, where),
         eog=frozenset(eog),
-        template=_compile_template(template, where) if template else None,
-        template_source=template or None,
+        template=(
+            ChatTemplate(template, bos_token=bos_text, eos_token=eos_text, where=where)
+            if template
+            else None
+        ),
         bos_text=bos_text,
         eos_text=eos_text,
     )
@@ -233,11 +192,7 @@ def _folder_vocab(folder: Path, config: dict[str, Any]) -> tuple[_Vocab, dict[st
         if (folder / "tokenizer_config.json").exists()
         else {}
     )
-    template = tok_config.get("chat_template")
-    if isinstance(template, list):  # named templates: the default one is for chat
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    if (folder / "chat_template.jinja").exists():
-        template = (folder / "chat_template.jinja").read_text()
+    template = folder_template_source(folder, tok_config)
     bos_text = _token_text(tok_config.get("bos_token"))
     eos_text = _token_text(tok_config.get("eos_token"))
     ids = {t["content"]: t["id"] for t in document.get("added_tokens") or []}
@@ -438,7 +393,7 @@ class MlxEngine:
                 )
             messages = [{"role": m.role, "content": m.content} for m in request.messages]
             try:
-                prompt = _render(vocab.template, messages, vocab)
+                prompt = vocab.template.render(messages)
             except Exception as err:
                 raise ApiError(
                     400, f"the chat template rejected these messages: {err}", param="messages"
@@ -529,8 +484,8 @@ class MlxEngine:
             "bos_token": vocab.bos_text or None,
             "eos_token": vocab.eos_text or None,
         }
-        if vocab.template_source is not None:
-            (dest / "chat_template.jinja").write_text(vocab.template_source)
+        if vocab.template is not None:
+            (dest / "chat_template.jinja").write_text(vocab.template.source)
         (dest / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
 
     def close(self) -> None:

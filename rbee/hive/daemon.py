@@ -18,16 +18,15 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from rbee.config.hive_keys import DEFAULT_HIVE_PORT
 from rbee.config.settings import Paths, Timeouts
 from rbee.hive.app import create_app
 from rbee.hive.service import HiveService
 from rbee.net import Server, bind_tcp, run_event_loop, uvicorn_server
 
-__all__ = ["DEFAULT_HIVE_PORT", "HiveOptions", "run_hive"]
+__all__ = ["HiveOptions", "run_hive"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_HIVE_PORT = 9000
 
 
 @dataclass(frozen=True)

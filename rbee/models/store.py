@@ -65,17 +65,9 @@ class StoredArtifact:
         return bool(self.files)
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-ready description."""
-        out: dict[str, Any] = {
-            "format": self.format,
-            "path": str(self.path),
-            "size": self.size,
-            "sha256": self.sha256,
-            "source": self.source,
-        }
-        if self.files:
-            out["files"] = [{"path": p, "size": s, "sha256": h} for p, s, h in self.files]
-        return out
+        """A JSON-ready description: the manifest entry, with the absolute path."""
+        entry = Entry(self.format, str(self.path), self.size, self.sha256, self.source, self.files)
+        return entry.to_json()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from rbee.fsutil import atomic_write_text
 from rbee.net import bind_tcp, is_loopback, run_event_loop, uvicorn_server
 from rbee.proc import pid_alive
 from rbee.queen.app import create_app
+from rbee.queen.record import QueenRecord, read_record, record_path
 from rbee.queen.service import Queen, QueenOptions
 
 __all__ = [
@@ -43,34 +43,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_STATE = "queen.json"
 _LOG_TAIL = 1500
-
-
-@dataclass(frozen=True)
-class QueenRecord:
-    """What the pid file says about a running queen."""
-
-    pid: int
-    url: str
-    host: str
-    port: int
-
-
-def _state_path(paths: Paths) -> Path:
-    return paths.run_dir / _STATE
-
-
-def read_record(paths: Paths) -> QueenRecord | None:
-    """The pid file of a queen that is still alive, or None (a stale file is ignored)."""
-    try:
-        raw = json.loads(_state_path(paths).read_text())
-        record = QueenRecord(
-            pid=int(raw["pid"]), url=str(raw["url"]), host=str(raw["host"]), port=int(raw["port"])
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return record if pid_alive(record.pid) else None
 
 
 def check_exposure(options: QueenOptions) -> None:
@@ -95,7 +68,7 @@ def run_queen(
     port = sock.getsockname()[1]
     display_host = f"[{options.host}]" if ":" in options.host else options.host
     url = f"http://{display_host}:{port}"
-    state = _state_path(paths)
+    state = record_path(paths)
     try:
         return run_event_loop(
             _serve(paths, options, timeouts=timeouts, sock=sock, url=url, on_ready=on_ready)
@@ -144,7 +117,7 @@ async def _when_started(
         "host": options.host,
         "port": int(url.rsplit(":", 1)[1]),
     }
-    atomic_write_text(_state_path(paths), json.dumps(record) + "\n")
+    atomic_write_text(record_path(paths), json.dumps(record) + "\n")
     log.info("queen serving %s/v1", url)
     if on_ready is not None:
         on_ready(url)
@@ -243,5 +216,5 @@ def stop_daemon(paths: Paths, timeouts: Timeouts = Timeouts()) -> QueenRecord:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(record.pid, signal.SIGKILL)
     with contextlib.suppress(FileNotFoundError):
-        _state_path(paths).unlink()
+        record_path(paths).unlink()
     return record
