@@ -60,7 +60,6 @@ from relay import (
     measure_one,
     percentile,
     poll_json,
-    progress,
     rbee_env,
     request_body,
     spawn,
@@ -77,6 +76,11 @@ END_MARK = "<!-- engines:end -->"
 ENGINES = ("llamacpp", "mlx")
 LABELS = {"llamacpp": "llama.cpp (llama-cpp-python)", "mlx": "MLX (mlx[cpu])"}
 DEVICE = {"llamacpp": "cpu", "mlx": "cpu"}
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr."""
+    print(f"[engines {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -306,6 +310,11 @@ def render(tallies: dict[str, Tally], settings: Settings, load: tuple[str, str])
         "- ready: from starting the worker process to its /health answering; it includes Python "
         "start-up and importing the engine's library.",
         "- peak RSS counts the whole worker process (Python, the HTTP server, the engine).",
+        "- MLX here is its CPU backend (`mlx[cpu]` on Linux), which rbee uses to test the MLX "
+        "engine for real on machines without Apple Silicon; its matrix kernels are far slower "
+        "than llama.cpp's on x86 (prompt evaluation too, hence the TTFT). That is why selection "
+        "never picks MLX on a CPU by itself: only `--engine mlx` does. On Apple Silicon MLX runs "
+        "on the GPU (Metal), which this machine cannot measure.",
         *([f"- Failed requests: {'; '.join(failures)[:500]}"] if failures else []),
         END_MARK,
     ]

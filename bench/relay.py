@@ -268,7 +268,15 @@ def wait_for(check: Callable[[], Any], proc: subprocess.Popen[bytes], log: Path,
 def model_gguf() -> Path:
     """The cached default model, fetched into .cache/models first if missing."""
     root = Path(os.environ.get("RBEE_TEST_MODEL_CACHE", ROOT / ".cache" / "models"))
-    return ensure_model(ModelStore(root), MODEL).path
+    gguf = ensure_model(ModelStore(root), MODEL).artifact("gguf")
+    assert gguf is not None  # ensure_model fetches the gguf artifact
+    return gguf.path
+
+
+def model_folder() -> Path:
+    """The cached default model's folder in the store (its manifest and every format)."""
+    model_gguf()
+    return Path(os.environ.get("RBEE_TEST_MODEL_CACHE", ROOT / ".cache" / "models")) / MODEL
 
 
 def rbee_env(tmp: Path) -> tuple[Path, dict[str, str]]:
@@ -276,7 +284,7 @@ def rbee_env(tmp: Path) -> tuple[Path, dict[str, str]]:
     data, config = tmp / "data", tmp / "config"
     (data / "models").mkdir(parents=True)
     config.mkdir()
-    (data / "models" / MODEL).symlink_to(model_gguf().parent, target_is_directory=True)
+    (data / "models" / MODEL).symlink_to(model_folder(), target_is_directory=True)
     env = dict(os.environ, RBEE_DATA_DIR=str(data), RBEE_CONFIG_DIR=str(config))
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("RBEE_API_KEY", None)

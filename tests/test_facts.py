@@ -169,6 +169,24 @@ def test_the_status_script_reads_what_the_facts_script_reads(
     assert (parse_status(missing).python, parse_status(missing).python_path) == ("", "")
 
 
+def test_the_status_script_takes_the_python_version_from_rbees_venv(
+    fake_nvidia_smi: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**fake_nvidia_smi, "PATH": fake_nvidia_smi["PATH"].split(":")[0] + ":" + HIVE_PATH}
+    venv = tmp_path / "rbee-hive" / "venv"
+    venv.mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(
+        "home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.9.99\n"
+    )
+    # Installed: no Python is started to learn its version (pyvenv.cfg records it).
+    assert parse_status(status("full", "~/rbee-hive", env)).python == "3.9.99"
+    asked = parse_status(status("full", str(tmp_path / "absent"), env)).python
+    assert asked.count(".") == 2
+    assert asked != "3.9.99"
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")  # no version: ask the Python
+    assert parse_status(status("full", "~/rbee-hive", env)).python == asked
+
+
 def test_the_status_script_rereads_only_what_moves(
     fake_nvidia_smi: dict[str, str], tmp_path: Path
 ) -> None:

@@ -44,20 +44,42 @@ echo "disk_free_kib ${11}"
 if [ "$mode" = full ]; then
     uname=$(uname -snm)
     echo "uname $uname"
-    echo "cpus $(getconf _NPROCESSORS_ONLN 2>/dev/null)"
+    cpus=
+    if [ -r /sys/devices/system/cpu/online ]; then
+        # "0-3,6,8-9" -> 7, with shell builtins only (no process started)
+        read -r online < /sys/devices/system/cpu/online
+        cpus=0
+        IFS=,
+        for range in $online; do
+            case $range in
+                *-*) cpus=$((cpus + ${range#*-} - ${range%-*} + 1)) ;;
+                ?*) cpus=$((cpus + 1)) ;;
+            esac
+        done
+        unset IFS
+    fi
+    [ "${cpus:-0}" -gt 0 ] 2>/dev/null || cpus=$(getconf _NPROCESSORS_ONLN 2>/dev/null)
+    echo "cpus $cpus"
     case $uname in
         "Darwin "*)
             echo "memsize $(sysctl -n hw.memsize 2>/dev/null)"
             echo "chip $(sysctl -n machdep.cpu.brand_string 2>/dev/null)" ;;
     esac
-    if found=$(command -v "$python"); then
-        echo "python_path $found"
-        echo "python_version $("$found" --version 2>&1)"
-    fi
     case $install in
         "~") install=$HOME ;;
         "~/"*) install=$HOME/${install#"~/"} ;;
     esac
+    if found=$(command -v "$python"); then
+        echo "python_path $found"
+        # Installed: the venv (made by this Python) records its version; else ask it (slower).
+        version=
+        if [ -r "$install/venv/pyvenv.cfg" ]; then
+            while read -r key eq value; do
+                [ "$key" = version ] && [ "$eq" = "=" ] && version="Python $value"
+            done < "$install/venv/pyvenv.cfg"
+        fi
+        echo "python_version ${version:-$("$found" --version 2>&1)}"
+    fi
     set +f
     for site in "$install"/venv/lib/python*/site-packages; do
         for module in ENGINE_MODULES; do
