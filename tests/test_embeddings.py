@@ -219,7 +219,7 @@ def gguf(model_cache: Path) -> Any:
     """The default model's vocabulary and metadata, read by llama-cpp-python directly."""
     import llama_cpp  # noqa: PLC0415 - only the real-model tests need it
 
-    path = next((model_cache / MODEL).glob("*.gguf"))
+    path = next((model_cache / MODEL).rglob("*.gguf"))
     llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     yield llm
     llm.close()
@@ -443,7 +443,7 @@ async def test_a_cancelled_embedding_stops_between_batches(model_cache: Path) ->
     from rbee.engines.llamacpp import LlamaCppEngine  # noqa: PLC0415 - needs llama-cpp-python
     from rbee.worker.runner import EngineRunner  # noqa: PLC0415
 
-    path = next((model_cache / MODEL).glob("*.gguf"))
+    path = next((model_cache / MODEL).rglob("*.gguf"))
     # A small context makes small batches: 600 short inputs take dozens of llama.cpp batches.
     engine = LlamaCppEngine(path, n_ctx=128, n_threads=1, embedding=True)
     async with EngineRunner(engine, niceness=0) as runner:
