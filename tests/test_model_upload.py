@@ -6,6 +6,7 @@ this machine, so the test reads it back with the same ModelStore a hive uses.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from rbee.errors import ChecksumError
 from rbee.models.store import ModelStore, StoredModel
-from rbee.ssh.connection import HiveConnection
+from rbee.ssh.connection import MAX_CHANNELS, HiveConnection
 from rbee.ssh.upload import upload_model
 from tests.hives import HiveSet, cleanup_stale, require_hives, test_hives
 
@@ -143,3 +144,19 @@ async def test_an_old_single_gguf_store_on_the_hive_is_kept_and_replaced(
     assert new_gguf.path == old / "gguf" / "m.Q4.gguf"
     assert not (old / "Old.gguf").exists()
     ModelStore.verify(new_gguf)
+
+
+async def test_more_uploads_at_once_than_channels(one_hive: HiveSet, tmp_path: Path) -> None:
+    # Each upload needs an SFTP session and then a command (the hash on the hive): holding the
+    # first while waiting for the second, MAX_CHANNELS uploads at once would wait forever.
+    count = MAX_CHANNELS + 2
+    stored = [queen_store(tmp_path / "queen", f"m{i}") for i in range(count)]
+    hive_models = one_hive[0].root / "models-many"
+    async with HiveConnection(one_hive[0].alias, one_hive.config) as conn:
+        async with asyncio.timeout(120):
+            await asyncio.gather(*(
+                upload_model(conn, s, str(hive_models), sys.executable, fmt="gguf") for s in stored
+            ))  # fmt: skip
+        assert conn.channels_peak == MAX_CHANNELS
+    there = ModelStore(hive_models)
+    assert sorted(m.id for m in there.list()) == sorted(f"m{i}" for i in range(count))

@@ -5,6 +5,13 @@ and relays the worker's SSE bytes as they come, without re-encoding them. A work
 reached before anything was sent is skipped for the next replica; a stream that breaks after it
 started ends with an error event. When the client goes away, the upstream connection is closed,
 which the worker sees as its own client going away: generation stops there too.
+
+Workers on another machine are reached through SSH port forwards, and a hive's connection has
+only so many channels (`rbee.ssh.connection.MAX_FORWARDED` for forwarded connections). So each
+such hive gets its own connection pool, `RELAYED_PER_HIVE` connections at most: a request over
+that waits in the queen, in arrival order, and a connection kept alive to one worker is closed to
+make room for a request to another. One forwarded slot stays free for the queen's own calls to
+the hive (spawn, list, stop).
 """
 
 from __future__ import annotations
@@ -23,8 +30,11 @@ from rbee.api.http import ClosingStreamingResponse
 from rbee.config.settings import Timeouts
 from rbee.errors import ApiError
 from rbee.queen.registry import Endpoint, Registry
+from rbee.ssh.connection import MAX_FORWARDED
 
-__all__ = ["Relay", "RelayResponse"]
+__all__ = ["RELAYED_PER_HIVE", "Relay", "RelayResponse"]
+
+RELAYED_PER_HIVE = MAX_FORWARDED - 1
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +76,48 @@ class Relay:
         self.registry = registry
         self.timeouts = timeouts
         self._client: httpx.AsyncClient | None = None
+        self._hive_clients: dict[str, httpx.AsyncClient] = {}
 
     async def __aenter__(self) -> Relay:
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=self.timeouts.connect,
-                read=self.timeouts.first_byte,
-                write=self.timeouts.connect,
-                pool=self.timeouts.connect,
-            ),
+            timeout=self._stream_timeout(pool=self.timeouts.connect),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             trust_env=False,
         )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        clients, self._hive_clients = list(self._hive_clients.values()), {}
         if self._client is not None:
-            await self._client.aclose()
+            clients.append(self._client)
+        for client in clients:
+            await client.aclose()
+
+    def _stream_timeout(self, *, pool: float | None) -> httpx.Timeout:
+        return httpx.Timeout(
+            connect=self.timeouts.connect,
+            read=self.timeouts.first_byte,
+            write=self.timeouts.connect,
+            pool=pool,
+        )
+
+    def _client_for(self, endpoint: Endpoint) -> httpx.AsyncClient:
+        """The pool that reaches `endpoint`: its hive's own for a worker behind a forward."""
+        assert self._client is not None, "the relay is not open"
+        if endpoint.forward_url is None:
+            return self._client
+        client = self._hive_clients.get(endpoint.hive)
+        if client is None:
+            client = httpx.AsyncClient(
+                # Waiting for one of the hive's connections is waiting in line, not a failure.
+                timeout=self._stream_timeout(pool=None),
+                limits=httpx.Limits(
+                    max_connections=RELAYED_PER_HIVE, max_keepalive_connections=RELAYED_PER_HIVE
+                ),
+                trust_env=False,
+            )
+            self._hive_clients[endpoint.hive] = client
+        return client
 
     async def forward(
         self,
@@ -95,11 +130,10 @@ class Relay:
         embeddings: bool = False,
     ) -> Response:
         """POST `raw` to `path` on a worker serving `model` (for embeddings, if asked); relay."""
-        client = self._client
-        assert client is not None, "the relay is not open"
         tried: set[str] = set()
         while (endpoint := self.registry.choose(model, tried, embeddings=embeddings)) is not None:
             tried.add(endpoint.id)
+            client = self._client_for(endpoint)
             endpoint.outstanding += 1
             endpoint.dispatched += 1
             released = False

@@ -34,6 +34,7 @@ from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore
 from rbee.ssh.argv import remote_command
 from rbee.ssh.connection import HiveConnection
+from rbee.ssh.forward import PortForward
 from rbee.ssh.upload import upload_model
 
 __all__ = ["HiveState", "RemoteHive"]
@@ -82,10 +83,13 @@ class RemoteHive:
         self._url: str | None = None
         self._conn: HiveConnection | None = None
         self._workers: dict[str, WorkerInfo] = {}
-        self._forwards: dict[str, tuple[asyncssh.SSHListener, str]] = {}
+        self._forwards: dict[str, PortForward] = {}
         self._desired: list[WorkerSpec] = list(desired)
         self._on_desired = on_desired
         self._output: list[str] = []
+        # One upload per model at a time: two spawns must not send the same artifact twice, nor
+        # rewrite the model's manifest on the hive at once (a queen is a hive's only writer).
+        self._uploading: dict[str, asyncio.Lock] = {}
         self._process: asyncssh.SSHClientProcess[str] | None = None
 
     # -- what the queen asks -------------------------------------------------------------------
@@ -200,37 +204,42 @@ class RemoteHive:
 
     async def _session(self, conn: HiveConnection) -> None:
         argv = await self._hive_argv(conn)
-        process = await conn.conn.create_process(
-            remote_command(argv), term_type="dumb", term_size=(200, 24), encoding="utf-8"
-        )
-        self._process = process
-        try:
-            port, self.pid = await self._read_ready(process)
-            listener = await conn.conn.forward_local_port("127.0.0.1", 0, "127.0.0.1", port)
-            self._url = f"http://127.0.0.1:{listener.get_port()}"
+        async with conn.channel():  # the hive's session holds one of the connection's slots
+            process = await conn.conn.create_process(
+                remote_command(argv), term_type="dumb", term_size=(200, 24), encoding="utf-8"
+            )
+            self._process = process
             try:
-                facts = (await self._http("GET", "/health")).get("facts")
-                self._facts = facts if isinstance(facts, dict) else None
-                async with asyncio.TaskGroup() as tg:
-                    beat = tg.create_task(self._beat(process))
-                    tg.create_task(self._drain(process))
-                    await self._restore()
-                    self.state = "running"
-                    self.last_error = None
-                    self._ready.set()
-                    log.info("%s: hive running (pid %s)", self.name, self.pid)
-                    await process.wait_closed()
-                    beat.cancel()
-            except ExceptionGroup as group:
-                raise group.exceptions[0] from None
+                await self._serve(conn, process)
             finally:
-                listener.close()
-        finally:
-            self._process = None
-            process.close()
+                self._process = None
+                process.close()
         if self._wanted:
             tail = " | ".join(self._output[-3:])
             raise SshError(f"{self.name}: the hive process ended" + (f": {tail}" if tail else ""))
+
+    async def _serve(self, conn: HiveConnection, process: asyncssh.SSHClientProcess[str]) -> None:
+        """From the hive's ready line until its process ends: forward, restore, heartbeat."""
+        port, self.pid = await self._read_ready(process)
+        forward = await conn.forward(port)
+        self._url = forward.url
+        try:
+            facts = (await self._http("GET", "/health")).get("facts")
+            self._facts = facts if isinstance(facts, dict) else None
+            async with asyncio.TaskGroup() as tg:
+                beat = tg.create_task(self._beat(process))
+                tg.create_task(self._drain(process))
+                await self._restore()
+                self.state = "running"
+                self.last_error = None
+                self._ready.set()
+                log.info("%s: hive running (pid %s)", self.name, self.pid)
+                await process.wait_closed()
+                beat.cancel()
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None
+        finally:
+            forward.close()
 
     async def _hive_argv(self, conn: HiveConnection) -> list[str]:
         command = self._command
@@ -323,6 +332,10 @@ class RemoteHive:
         """Upload `model`'s `fmt` artifact from the queen's store unless the hive has it."""
         if self._store is None:
             return
+        async with self._uploading.setdefault(model, asyncio.Lock()):
+            await self._upload_unless_there(model, fmt)
+
+    async def _upload_unless_there(self, model: str, fmt: str) -> None:
         listed = await self._http("GET", "/v1/models")
         for m in listed["data"]:
             # A hive of this version lists "formats"; one of the single-GGUF store, "format".
@@ -339,13 +352,11 @@ class RemoteHive:
         url = None
         if info.state == "ready" and info.port and info.id not in self._forwards:
             assert self._conn is not None
-            listener = await self._conn.conn.forward_local_port(
-                "127.0.0.1", 0, "127.0.0.1", info.port
-            )
-            url = f"http://127.0.0.1:{listener.get_port()}"
-            self._forwards[info.id] = (listener, url)
+            forward = await self._conn.forward(info.port)
+            self._forwards[info.id] = forward
+            url = forward.url
         elif info.id in self._forwards:
-            url = self._forwards[info.id][1]
+            url = self._forwards[info.id].url
         if self._on_change is not None:
             self._on_change(self.name, info, url)
 
@@ -353,7 +364,7 @@ class RemoteHive:
         self._workers.pop(worker_id, None)
         forward = self._forwards.pop(worker_id, None)
         if forward is not None:
-            forward[0].close()
+            forward.close()
         if self._on_change is not None:
             self._on_change(self.name, WorkerInfo(**{**info.__dict__, "state": "exited"}), None)
 

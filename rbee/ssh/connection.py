@@ -4,8 +4,14 @@ The connection reads the same hives.conf the operator can hand to `ssh -F` (asyn
 HostName, User, Port, IdentityFile, ProxyJump, UserKnownHostsFile, ServerAliveInterval, ...).
 asyncssh parses its whole config file for every connection (20 ms for 50 hives, each time), so
 `HiveConnection.of` hands it only that hive's lines, cut from the hives.conf rbee read once.
-Commands are argv lists quoted word by word (`rbee.ssh.argv`), and at most `MAX_CHANNELS` run at
-once: sshd's MaxSessions defaults to 10 per connection.
+Commands are argv lists quoted word by word (`rbee.ssh.argv`).
+
+At most `MAX_CHANNELS` channels are open on a connection at once (sshd's MaxSessions defaults to 10
+sessions per connection): every command, SFTP session, long-lived process and forwarded TCP
+connection holds a slot while it is open, and waits for one when none is free. Forwarded
+connections (requests relayed to the hive and its workers) may hold at most `MAX_FORWARDED` of
+them, so however busy the workers are, the hive's own session and the queen's commands and uploads
+still find a free slot.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,12 +31,23 @@ import asyncssh
 from rbee.config.hives import HivesConfig
 from rbee.errors import HostKeyError, RemoteCommandError, SshError
 from rbee.ssh.argv import remote_command
+from rbee.ssh.forward import PortForward, Stream
 
-__all__ = ["CIPHER_PREFERENCE", "MAX_CHANNELS", "HiveConnection", "RemoteResult", "connect_error"]
+__all__ = [
+    "CIPHER_PREFERENCE",
+    "MAX_CHANNELS",
+    "MAX_FORWARDED",
+    "HiveConnection",
+    "RemoteResult",
+    "connect_error",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_CHANNELS = 8
+# Forwarded TCP connections' share of MAX_CHANNELS: with the hive's own session open, two slots
+# stay for commands and SFTP.
+MAX_FORWARDED = 5
 
 # Last, so any Ciphers line of hives.conf wins (the first value found is the one used): the
 # AES-GCM ciphers first, the rest of asyncssh's default list after them, nothing left out. AES-GCM
@@ -90,6 +107,11 @@ class HiveConnection:
         self._known_hosts = known_hosts
         self._conn: asyncssh.SSHClientConnection | None = None
         self._channels = asyncio.Semaphore(MAX_CHANNELS)
+        self._forwarded = asyncio.Semaphore(MAX_FORWARDED)
+        self.channels_in_use = 0
+        """How many channel slots are held now."""
+        self.channels_peak = 0
+        """The most slots ever held at once on this connection."""
 
     @classmethod
     def of(
@@ -163,12 +185,43 @@ class HiveConnection:
             conn.close()
             await conn.wait_closed()
 
+    @contextlib.asynccontextmanager
+    async def channel(self) -> AsyncIterator[None]:
+        """Hold one of the connection's `MAX_CHANNELS` slots: open a channel only inside this."""
+        async with self._channels:
+            self.channels_in_use += 1
+            self.channels_peak = max(self.channels_peak, self.channels_in_use)
+            try:
+                yield
+            finally:
+                self.channels_in_use -= 1
+
+    @contextlib.asynccontextmanager
+    async def sftp(self) -> AsyncIterator[asyncssh.SFTPClient]:
+        """An SFTP session, holding a channel slot while it is open."""
+        async with self.channel(), self.conn.start_sftp_client() as sftp:
+            yield sftp
+
+    async def forward(self, port: int) -> PortForward:
+        """Forward a new local port on 127.0.0.1 to `port` on the hive's 127.0.0.1; each connection
+        to it holds a channel slot (and one of the `MAX_FORWARDED`) while it is open."""
+        return await PortForward.start(f"{self.alias}:{port}", lambda: self._tunnel(port))
+
+    @contextlib.asynccontextmanager
+    async def _tunnel(self, port: int) -> AsyncIterator[Stream]:
+        async with self._forwarded, self.channel():
+            reader, writer = await self.conn.open_connection("127.0.0.1", port)
+            try:
+                yield reader, writer
+            finally:
+                writer.close()
+
     async def run(
         self, argv: list[str], *, input: str | None = None, time_limit: float = 60.0
     ) -> RemoteResult:
         """Run `argv` on the hive and collect its output (never through a shell string)."""
         line = remote_command(argv, exec_=False)
-        async with self._channels:
+        async with self.channel():
             try:
                 result = await self.conn.run(line, input=input, check=False, timeout=time_limit)
             except asyncssh.TimeoutError as err:

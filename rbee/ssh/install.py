@@ -309,7 +309,7 @@ class _Install:
     async def _upload(self, house: Wheelhouse, send: list[WheelFile], stale: list[str]) -> None:
         """Put each wheel under a temporary name, then rename it; drop wheels no longer wanted."""
         wheels = self._path("wheelhouse")
-        async with self.conn.conn.start_sftp_client() as sftp:
+        async with self.conn.sftp() as sftp:
             await sftp.makedirs(wheels, exist_ok=True)
             for f in send:
                 final, part = (

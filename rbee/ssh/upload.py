@@ -77,9 +77,13 @@ async def upload_model(
     folder = posixpath.join(models_dir, stored.id)
     stage = posixpath.join(folder, ".incoming", f"queen-{fmt}")
     try:
-        async with conn.conn.start_sftp_client() as sftp:
+        # The hash runs between two SFTP sessions: a command waiting for a channel slot while
+        # this upload holds one could wait forever if many uploads did the same.
+        async with conn.sftp() as sftp:
             await _send(conn, sftp, artifact, stage, progress)
-            await _check(conn, sftp, artifact, stage, python)
+        parts, bad = await _hash(conn, artifact, stage, python)
+        async with conn.sftp() as sftp:
+            await _accept(sftp, conn.alias, artifact, parts, bad)
             await _install(sftp, stored.id, artifact, folder, stage)
     except (OSError, asyncssh.Error) as err:
         raise SshError(
@@ -116,13 +120,10 @@ async def _send(
             progress(sent, artifact.size)
 
 
-async def _check(
-    conn: HiveConnection,
-    sftp: asyncssh.SFTPClient,
-    artifact: StoredArtifact,
-    stage: str,
-    python: str,
-) -> None:
+async def _hash(
+    conn: HiveConnection, artifact: StoredArtifact, stage: str, python: str
+) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The uploaded parts, and (file, part, sha256) of those whose sha256 is not the manifest's."""
     files = _files(artifact)
     parts = [posixpath.join(stage, rel) + ".part" for rel, _, _ in files]
     limit = 300 + _HASH_SECONDS_PER_GB * artifact.size / 1e9
@@ -138,12 +139,23 @@ async def _check(
         for (rel, _, want), part, got in zip(files, parts, digests, strict=True)
         if got != want
     ]
+    return parts, bad
+
+
+async def _accept(
+    sftp: asyncssh.SFTPClient,
+    alias: str,
+    artifact: StoredArtifact,
+    parts: list[str],
+    bad: list[tuple[str, str, str]],
+) -> None:
+    """Drop the parts that arrived wrong (and fail), or give the parts their final names."""
     for _, part, _ in bad:
         await sftp.remove(part)
     if bad:
         names = ", ".join(f"{rel} (sha256 {got})" for rel, _, got in bad)
         raise ChecksumError(
-            f"{conn.alias}: the {artifact.format} artifact arrived with a different sha256 "
+            f"{alias}: the {artifact.format} artifact arrived with a different sha256 "
             f"than the queen's manifest for: {names}; those partial files were removed, try again"
         )
     for part in parts:
