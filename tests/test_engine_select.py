@@ -147,3 +147,15 @@ def test_engine_formats_best_first() -> None:
     assert engine_formats("llamacpp", both) == ("gguf",)
     assert engine_formats("mlx", GGUF) == ()
     assert engine_formats("nope", both) == ()
+
+
+def test_an_engine_that_does_not_import_is_refused_with_why() -> None:
+    mac = machine("mac", engines=("llama_cpp",))
+    broken = Facts(**{**mac.__dict__, "engine_problems": (("mlx", "ImportError: no libmlx"),)})
+    with pytest.raises(SelectionError) as err:
+        select_engine(broken, MLX, engine="mlx", device="auto", hive="box")
+    assert (
+        str(err.value) == "engine mlx is installed on hive box but unusable: ImportError: no libmlx"
+    )
+    # auto passes over it: llama.cpp with Metal
+    assert select_engine(broken, MLX, hive="box").engine == "llamacpp"

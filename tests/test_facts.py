@@ -72,6 +72,41 @@ def test_unexpected_output_is_an_error(bad: str) -> None:
         parse_facts(bad)
 
 
+def test_an_engine_that_does_not_import_is_a_problem_not_an_engine() -> None:
+    facts = parse_facts(json.dumps({**LINUX_CUDA, "engines": {
+        "llama_cpp": True, "mlx": "ImportError: libmlx.so: cannot open shared object file",
+        "exllamav2": False}}))  # fmt: skip
+    assert facts.engines == ("llama_cpp",)
+    assert facts.engine_problems == (
+        ("mlx", "ImportError: libmlx.so: cannot open shared object file"),
+    )
+
+
+def test_facts_script_imports_the_engines(tmp_path: Path) -> None:
+    # Packages shadowing the real ones: an mlx whose native part fails to load (and prints, at
+    # the Python and at the file-descriptor level), an exllamav2 that must not even be imported
+    # on a machine without a GPU.
+    (tmp_path / "mlx").mkdir()
+    (tmp_path / "mlx" / "__init__.py").write_text("")
+    (tmp_path / "mlx" / "core.py").write_text(
+        "import os\nprint('noise')\nos.write(1, b'more noise\\n')\n"
+        "raise ImportError('libmlx.so: cannot open shared object file')\n"
+    )
+    (tmp_path / "exllamav2").mkdir()
+    (tmp_path / "exllamav2" / "__init__.py").write_text("raise SystemExit('imported exllamav2')\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", FACTS_SCRIPT], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)}, check=True,
+    )  # fmt: skip
+    facts = parse_facts(proc.stdout)
+    assert "noise" in proc.stderr
+    assert "llama_cpp" in facts.engines
+    assert dict(facts.engine_problems) == {
+        "mlx": "ImportError: libmlx.so: cannot open shared object file",
+        "exllamav2": "not imported: no NVIDIA GPU",
+    }
+
+
 def test_local_facts_are_this_machine() -> None:
     facts = local_facts()
     assert facts.cpu_count == os.cpu_count()
@@ -80,6 +115,8 @@ def test_local_facts_are_this_machine() -> None:
     assert facts.mem_available is not None
     assert facts.mem_total >= facts.mem_available > 0
     assert "llama_cpp" in facts.engines
+    assert "mlx" in facts.engines  # mlx[cpu] is installed here, and mlx.core imports
+    assert facts.engine_problems == ()
 
 
 # --- the scripts as they run on a hive: the facts script (install), the status script ----------
@@ -128,11 +165,12 @@ def test_the_facts_script_reads_what_platform_and_shutil_would(
 
 
 def test_the_facts_script_imports_only_os_and_sys(tmp_path: Path) -> None:
+    # Where no engine is installed (-S: no site-packages), as on a machine rbee is installing on.
     probe = (
         FACTS_SCRIPT
         + "\nprint(sorted({'json', 'platform', 'shutil', 'subprocess'} & set(sys.modules)))"
     )
-    out = run_script([sys.executable, "-c", probe], {**os.environ, "PATH": str(tmp_path)})
+    out = run_script([sys.executable, "-S", "-c", probe], {**os.environ, "PATH": str(tmp_path)})
     assert out.splitlines()[-1] == "[]"
 
 

@@ -63,7 +63,7 @@ def _print_facts(hive: Hive, facts: Facts) -> None:
                for g in facts.gpus])  # fmt: skip
     else:
         emit("  GPUs: none found (no nvidia-smi)")
-    emit(f"  engines importable: {', '.join(facts.engines) or 'none (rbee not installed yet)'}")
+    emit(f"  engines installed: {', '.join(facts.engines) or 'none (rbee not installed yet)'}")
 
 
 def hive_status(args: argparse.Namespace, paths: Paths) -> int:

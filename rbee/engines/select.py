@@ -133,6 +133,9 @@ def _check_engine(engine: str, device: str, model: ModelFormats, facts: Facts, h
         raise SelectionError(f"engine exllamav2 runs on CUDA only: use --device cuda:N on {where}")
     if engine == "mlx" and kind == "cuda":
         raise SelectionError("engine mlx does not run on CUDA: use --device metal:0 or cpu")
+    problem = dict(facts.engine_problems).get(_MODULES[engine])
+    if problem is not None:
+        raise SelectionError(f"engine {engine} is installed on hive {hive} but unusable: {problem}")
     if not _installed(engine, facts):
         raise SelectionError(
             f"engine {engine} is not installed on hive {hive}: install {_EXTRAS[engine]} there "

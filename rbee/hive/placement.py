@@ -29,13 +29,16 @@ def facts_from_json(raw: Any) -> Facts:
     """Facts as a hive's /health reports them (dataclasses.asdict); TypeError/ValueError if not."""
     if not isinstance(raw, dict):
         raise TypeError("the hive's facts are not a JSON object")
-    fields = {f.name for f in dataclasses.fields(Facts)}
-    missing = fields - raw.keys()
+    fields = dataclasses.fields(Facts)
+    missing = {f.name for f in fields if f.default is dataclasses.MISSING} - raw.keys()
     if missing:
         raise ValueError(f"the hive's facts lack {', '.join(sorted(missing))}")
-    values = {k: raw[k] for k in fields}
+    values = {f.name: raw[f.name] for f in fields if f.name in raw}
     values["gpus"] = tuple(Gpu(**g) for g in raw["gpus"])
     values["engines"] = tuple(str(e) for e in raw["engines"])
+    values["engine_problems"] = tuple(
+        (str(module), str(why)) for module, why in raw.get("engine_problems", ())
+    )
     return Facts(**values)
 
 
