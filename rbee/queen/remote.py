@@ -336,6 +336,7 @@ class RemoteHive:
             await self._upload_unless_there(model, fmt)
 
     async def _upload_unless_there(self, model: str, fmt: str) -> None:
+        assert self._store is not None
         listed = await self._http("GET", "/v1/models")
         for m in listed["data"]:
             # A hive of this version lists "formats"; one of the single-GGUF store, "format".

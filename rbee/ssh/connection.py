@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +31,7 @@ import asyncssh
 from rbee.config.hives import HivesConfig
 from rbee.errors import HostKeyError, RemoteCommandError, SshError
 from rbee.ssh.argv import remote_command
-from rbee.ssh.forward import PortForward, Stream
+from rbee.ssh.forward import PortForward
 
 __all__ = [
     "CIPHER_PREFERENCE",
@@ -205,16 +205,18 @@ class HiveConnection:
     async def forward(self, port: int) -> PortForward:
         """Forward a new local port on 127.0.0.1 to `port` on the hive's 127.0.0.1; each connection
         to it holds a channel slot (and one of the `MAX_FORWARDED`) while it is open."""
-        return await PortForward.start(f"{self.alias}:{port}", lambda: self._tunnel(port))
+
+        def open_channel(
+            factory: Callable[[], asyncssh.SSHTCPSession[bytes]],
+        ) -> Awaitable[tuple[asyncssh.SSHTCPChannel[bytes], asyncssh.SSHTCPSession[bytes]]]:
+            return self.conn.create_connection(factory, "127.0.0.1", port)
+
+        return await PortForward.start(f"{self.alias}:{port}", self._forward_slot, open_channel)
 
     @contextlib.asynccontextmanager
-    async def _tunnel(self, port: int) -> AsyncIterator[Stream]:
+    async def _forward_slot(self) -> AsyncIterator[None]:
         async with self._forwarded, self.channel():
-            reader, writer = await self.conn.open_connection("127.0.0.1", port)
-            try:
-                yield reader, writer
-            finally:
-                writer.close()
+            yield
 
     async def run(
         self, argv: list[str], *, input: str | None = None, time_limit: float = 60.0
