@@ -1,7 +1,7 @@
 # The targets people use are the targets CI uses.
 #   make run    set up everything, then serve the default model at http://127.0.0.1:8500/v1
 #   make test   set up everything, then lint, type-check and run every test
-#   make bench  run the benchmarks (relay, cascade, fanout, engines), rewrite docs/benchmarks.md
+#   make bench  run the benchmarks (relay, cascade, fanout, forward, engines), rewrite docs/benchmarks.md
 
 PYTHON ?= python3
 VENV   := .venv
@@ -53,6 +53,7 @@ bench: setup sysdeps
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/cascade.py
 	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/forward.py
 	$(BIN)/python bench/engines.py
 
 clean:
