@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,6 +89,36 @@ def test_hive_api_and_lease(paths: Paths) -> None:
         # ...and silence ends it, workers first.
         assert h.proc.wait(6 + 15) == 0
         wait_until(lambda: worker_pids(paths) == [], 5, "the hive's worker to be gone")
+    assert "no heartbeat" in (paths.data_dir / "hive.log").read_text()
+
+
+def test_a_lapsed_lease_ends_everything_within_the_lease(paths: Paths) -> None:
+    # Even a worker that cannot act on SIGTERM (stopped here; in life, one busy streaming to a
+    # queen that is gone) is gone within the lease of the last heartbeat, not the lease plus the
+    # 5 s TERM-to-KILL grace.
+    lease = 6.0
+    with hive(paths, lease=lease) as h:
+        beating = threading.Event()
+        beating.set()
+
+        def beat() -> None:
+            while beating.is_set():
+                h.heartbeat()
+                time.sleep(0.5)
+
+        beater = threading.Thread(target=beat, daemon=True)
+        beater.start()
+        try:
+            pid = spawn(h)["pid"]
+            assert isinstance(pid, int)
+            os.kill(pid, signal.SIGSTOP)
+        finally:
+            beating.clear()
+            beater.join()
+        last_beat = time.monotonic()
+        assert h.proc.wait(lease + 15) == 0
+        wait_until(lambda: not pid_alive(pid), lease + 15, "the stopped worker to be killed")
+        assert time.monotonic() - last_beat <= lease
     assert "no heartbeat" in (paths.data_dir / "hive.log").read_text()
 
 

@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--lease",
         type=float,
         default=0.0,
-        help="stop after this many seconds without a heartbeat line on stdin",
+        help="be gone, workers included, within this many seconds of the last heartbeat line "
+        "on stdin (0: no lease)",
     )
     hrun.add_argument("--name", default="localhost", help="the hive's name in reports")
     hrun.set_defaults(handler=_lazy("daemons", "hive_run"))

@@ -6,6 +6,11 @@ happens: SIGHUP (the PTY hung up: the SSH connection closed), EOF on stdin (the 
 no heartbeat within the lease (the network went silent, which sshd may not notice for minutes),
 SIGTERM or SIGINT. Once its port is open it prints one JSON line, `{"event": "ready", "port": N,
 "pid": P}`, on stdout.
+
+The lease is a promise: everything the hive started is gone within LEASE seconds of the last
+heartbeat. So the hive starts stopping `STOP_BUDGET` seconds before the lease ends, and on a lapsed
+lease or stdin EOF (the queen is gone, and nobody waits for an answer) it gives its workers and
+its own open connections, which a dead link keeps open, only `HURRIED_GRACE` seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ __all__ = ["HiveOptions", "run_hive"]
 
 log = logging.getLogger(__name__)
 
+STOP_BUDGET = 1.5
+HURRIED_GRACE = 0.5
+
 
 @dataclass(frozen=True)
 class HiveOptions:
@@ -36,7 +44,8 @@ class HiveOptions:
     name: str = "localhost"
     port: int = DEFAULT_HIVE_PORT
     lease: float = 0.0
-    """Seconds without a heartbeat line on stdin before the hive stops itself; 0: no lease."""
+    """The hive is gone within this many seconds of the last heartbeat line on stdin; 0: no
+    lease."""
 
 
 def run_hive(paths: Paths, options: HiveOptions, timeouts: Timeouts = Timeouts()) -> int:
@@ -56,7 +65,7 @@ async def _serve(
         async with asyncio.TaskGroup() as tg:
             side_tasks = [tg.create_task(_announce_ready(server, sock))]
             if options.lease > 0:
-                side_tasks.append(tg.create_task(_hold_lease(server, options.lease)))
+                side_tasks.append(tg.create_task(_hold_lease(server, hive, options.lease)))
             await server.serve(sockets=[sock])
             for task in side_tasks:
                 task.cancel()
@@ -74,8 +83,10 @@ async def _announce_ready(server: Server, sock: socket.socket) -> None:
     log.info("hive serving on 127.0.0.1:%d", port)
 
 
-async def _hold_lease(server: Server, lease: float) -> None:
-    """Stop the server on stdin EOF, or when no line arrives within `lease` seconds."""
+async def _hold_lease(server: Server, hive: HiveService, lease: float) -> None:
+    """Stop, in a hurry, on stdin EOF or when no line arrives within the lease (less the time
+    stopping takes)."""
+    wait = lease - STOP_BUDGET if lease > 2 * STOP_BUDGET else lease / 2
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(
@@ -84,13 +95,16 @@ async def _hold_lease(server: Server, lease: float) -> None:
     try:
         while True:
             try:
-                line = await asyncio.wait_for(reader.readline(), lease)
+                line = await asyncio.wait_for(reader.readline(), wait)
             except TimeoutError:
-                log.warning("no heartbeat for %.0fs: the queen is unreachable; stopping", lease)
+                log.warning("no heartbeat for %.1fs: the queen is unreachable; stopping before "
+                            "the %gs lease ends", wait, lease)  # fmt: skip
                 break
             if not line:
                 log.warning("stdin closed: the queen is gone; stopping")
                 break
     finally:
         transport.close()
+    hive.supervisor.hurry(HURRIED_GRACE)
+    server.config.timeout_graceful_shutdown = HURRIED_GRACE  # type: ignore[assignment]
     server.should_exit = True

@@ -98,6 +98,11 @@ class Supervisor:
             assert self._tg is not None
             await self._tg.__aexit__(None, None, None)
 
+    def hurry(self, grace: float) -> None:
+        """From now on, KILL workers `grace` seconds after TERM (if that is sooner)."""
+        if grace < self.timeouts.stop_grace:
+            self.timeouts = replace(self.timeouts, stop_grace=grace)
+
     def workers(self) -> list[WorkerInfo]:
         """Every worker this supervisor started and has not forgotten, oldest first."""
         return [w.info for w in self._workers.values()]
