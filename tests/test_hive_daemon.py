@@ -122,6 +122,25 @@ def test_a_lapsed_lease_ends_everything_within_the_lease(paths: Paths) -> None:
     assert "no heartbeat" in (paths.data_dir / "hive.log").read_text()
 
 
+@pytest.mark.parametrize("how", ["eof", "sighup"])
+def test_once_the_queen_is_gone_a_deaf_worker_is_not_waited_for(paths: Paths, how: str) -> None:
+    # EOF and a hang-up mean the queen is gone: the 5 s TERM-to-KILL grace would only delay the
+    # end, so a worker that does not act on SIGTERM is killed after 0.5 s.
+    with hive(paths, lease=30) as h:
+        pid = spawn(h)["pid"]
+        assert isinstance(pid, int)
+        os.kill(pid, signal.SIGSTOP)
+        told = time.monotonic()
+        if how == "eof":
+            assert h.proc.stdin is not None
+            h.proc.stdin.close()
+        else:
+            h.proc.send_signal(signal.SIGHUP)
+        assert h.proc.wait(15) == 0
+        wait_until(lambda: not pid_alive(pid), 15, f"the stopped worker to be killed after {how}")
+        assert time.monotonic() - told < 4  # the normal grace alone is 5 s
+
+
 @pytest.mark.parametrize("how", ["eof", "sighup", "sigterm", "sigkill"])
 def test_every_way_the_hive_stops_takes_its_workers(paths: Paths, how: str) -> None:
     with hive(paths, lease=30) as h:

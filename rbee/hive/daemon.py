@@ -10,7 +10,8 @@ SIGTERM or SIGINT. Once its port is open it prints one JSON line, `{"event": "re
 The lease is a promise: everything the hive started is gone within LEASE seconds of the last
 heartbeat. So the hive starts stopping `STOP_BUDGET` seconds before the lease ends, and on a lapsed
 lease or stdin EOF (the queen is gone, and nobody waits for an answer) it gives its workers and
-its own open connections, which a dead link keeps open, only `HURRIED_GRACE` seconds.
+its own open connections, which a dead link keeps open, only `HURRIED_GRACE` seconds; on SIGHUP
+(the PTY hung up) its workers too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -69,6 +71,8 @@ async def _serve(
             await server.serve(sockets=[sock])
             for task in side_tasks:
                 task.cancel()
+        if server.signal_received == signal.SIGHUP:  # the PTY hung up: the queen is gone too
+            hive.supervisor.hurry(HURRIED_GRACE)
         log.info("hive stopping; stopping %d worker(s)", len(hive.workers()))
     return 0
 
