@@ -93,7 +93,7 @@ class Relay:
         for client in clients:
             await client.aclose()
 
-    def _stream_timeout(self, *, pool: float | None) -> httpx.Timeout:
+    def _stream_timeout(self, *, pool: float) -> httpx.Timeout:
         return httpx.Timeout(
             connect=self.timeouts.connect,
             read=self.timeouts.first_byte,
@@ -109,8 +109,9 @@ class Relay:
         client = self._hive_clients.get(endpoint.hive)
         if client is None:
             client = httpx.AsyncClient(
-                # Waiting for one of the hive's connections is waiting in line, not a failure.
-                timeout=self._stream_timeout(pool=None),
+                # Waiting for one of the hive's connections is waiting in line, as a request
+                # waits in a busy worker's queue: the same first-byte deadline bounds both.
+                timeout=self._stream_timeout(pool=self.timeouts.first_byte),
                 limits=httpx.Limits(
                     max_connections=RELAYED_PER_HIVE, max_keepalive_connections=RELAYED_PER_HIVE
                 ),
