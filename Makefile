@@ -2,24 +2,32 @@
 #   make run    set up everything, then serve the default model at http://127.0.0.1:8500/v1
 #   make test   set up everything, then lint, type-check and run every test
 #   make bench  run the benchmarks (relay, cascade, fanout, forward, engines), rewrite docs/benchmarks.md
+#   make lock   re-resolve requirements.lock to the newest releases pyproject.toml allows
+#
+# Every install takes its versions from requirements.lock (as constraints, for build environments
+# too), so a fresh machine next month installs what was tested today.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+# pip's own constraints from the machine's config still apply; the lock adds to them.
+PIP_LOCKED := $(BIN)/python -m pip install --quiet -c $(LOCK) --build-constraint $(LOCK)
+LOCK_EXTRAS := dev mlx bench tools
 
 # System packages the SSH-hive tests need (each hive is a network namespace running its own sshd).
 SYSDEPS := openssh-server openssh-client iproute2
 
-.PHONY: setup sysdeps run test lint typecheck pytest bench clean
+.PHONY: setup sysdeps run test lint typecheck pytest bench lock clean
 
 setup: $(STAMP)
 
 # The mlx extra brings mlx[cpu] on Linux: the MLX engine's tests run it for real on the CPU.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[dev,mlx]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) pip setuptools wheel
+	$(PIP_LOCKED) -e '.[dev,mlx]'
 	touch $(STAMP)
 
 sysdeps:
@@ -49,12 +57,21 @@ pytest: setup
 test: sysdeps lint typecheck pytest
 
 bench: setup sysdeps
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(PIP_LOCKED) -e '.[dev,bench]'
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/cascade.py
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/forward.py
 	$(BIN)/python bench/engines.py
+
+# One lock for every platform and Python rbee supports (uv resolves "universally": markers keep
+# what differs, such as mlx on macOS and mlx[cpu] on Linux). uv itself comes from the lock.
+lock:
+	$(PYTHON) -m venv .cache/lock-venv
+	.cache/lock-venv/bin/python -m pip install --quiet -c $(LOCK) uv
+	.cache/lock-venv/bin/uv pip compile --quiet --universal --python-version 3.11 --upgrade \
+		--custom-compile-command 'make lock' $(foreach e,$(LOCK_EXTRAS),--extra $(e)) \
+		pyproject.toml -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache

@@ -29,9 +29,11 @@ import sys
 import tempfile
 import tomllib
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from packaging.markers import InvalidMarker, Marker
 
 import rbee
 from rbee.errors import WheelhouseError
@@ -39,6 +41,7 @@ from rbee.fsutil import atomic_write_text, sha256_file
 
 __all__ = [
     "EXTRA_ENV",
+    "LOCK_FILE",
     "Manifest",
     "RbeeSource",
     "Target",
@@ -48,6 +51,8 @@ __all__ = [
     "dependency_pins",
     "extra_dirs_from_env",
     "local_target",
+    "lock_constraints",
+    "marker_environment",
     "missing_packages",
     "normalize",
     "pip_argv",
@@ -65,6 +70,9 @@ EXTRA_ENV = "RBEE_WHEELHOUSE_EXTRA"
 
 Installed = Mapping[str, tuple[str, Sequence[str]]]
 """Installed distributions: normalized name -> (version, requirement strings)."""
+
+LOCK_FILE = "requirements.lock"
+"""The checkout's lock (`make lock`): every version rbee was tested with, for every platform."""
 
 _PIP_TIMEOUT = 1800.0  # a first native build may compile llama-cpp-python from source
 _MANIFEST = "manifest.json"
@@ -197,6 +205,54 @@ def dependency_pins(
             if wanted is None or normalize(wanted[1]) in extras:
                 stack.append((sub, False))
     return tuple(f"{n}=={v}" for n, v in sorted(pins.items())), tuple(sorted(unpinned))
+
+
+_LOCK_LINE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)\s*(?:;(.*))?$")
+
+
+def marker_environment(target: Target) -> dict[str, str]:
+    """The PEP 508 marker values of `target` (what its pip would evaluate a marker with)."""
+    system = {"linux": "Linux", "darwin": "Darwin"}.get(target.os, target.os.capitalize())
+    implementation = {"cp": "CPython", "pp": "PyPy"}.get(target.implementation, "CPython")
+    return {
+        "os_name": "posix",
+        "sys_platform": target.os,
+        "platform_system": system,
+        "platform_machine": target.arch,
+        "platform_release": "",
+        "platform_version": "",
+        "python_version": target.python,
+        "python_full_version": f"{target.python}.0",
+        "implementation_name": implementation.lower(),
+        "implementation_version": f"{target.python}.0",
+        "platform_python_implementation": implementation,
+    }
+
+
+def lock_constraints(lock_text: str, target: Target, pinned: Collection[str] = ()) -> list[str]:
+    """`name==version` for each line of requirements.lock that applies to `target`.
+
+    The lock is universal (one file for every platform; markers say which lines apply where), and
+    a wheelhouse for another platform is resolved here, so the markers are evaluated for the
+    target, not for this machine. Names in `pinned` (normalized) are left out: the queen's own
+    installed versions pin those already.
+    """
+    environment = marker_environment(target)
+    constraints = []
+    for line in lock_text.splitlines():
+        m = _LOCK_LINE.match(line.strip())
+        if m is None:
+            continue
+        name, version, marker = normalize(m[1]), m[2], (m[3] or "").strip()
+        if name in pinned:
+            continue
+        try:
+            applies = not marker or Marker(marker).evaluate(environment)
+        except InvalidMarker as err:
+            raise WheelhouseError(f"{LOCK_FILE}: bad marker in {line.strip()!r}: {err}") from err
+        if applies:
+            constraints.append(f"{name}=={version}")
+    return constraints
 
 
 def dependency_key(
@@ -427,7 +483,9 @@ def build_wheelhouse(
     build_for = queen if native else target
     source = rbee_source()
     pins, unpinned = dependency_pins(runtime_requirements(source, extras), _installed())
-    deps_key = dependency_key(build_for, native, pins, unpinned, _listing(extra_dirs))
+    # What the queen has not installed (another platform's engine) comes from the lock too.
+    locked = _lock_for(source, build_for, pins) if unpinned else []
+    deps_key = dependency_key(build_for, native, pins, [*unpinned, *locked], _listing(extra_dirs))
     directory = cache_root / f"{build_for.key}-{source.version}"
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(cache_root / ".lock"):
@@ -441,6 +499,7 @@ def build_wheelhouse(
                 native=native,
                 pins=pins,
                 unpinned=unpinned,
+                locked=locked,
                 extra_dirs=extra_dirs,
                 python=python,
             )
@@ -456,6 +515,15 @@ def build_wheelhouse(
             atomic_write_text(directory / _MANIFEST, manifest.to_json())
     log.debug("wheelhouse %s: built %s", directory, built or "nothing")
     return Wheelhouse(directory=directory, manifest=manifest, built=tuple(built))
+
+
+def _lock_for(source: RbeeSource, target: Target, pins: Sequence[str]) -> list[str]:
+    """The lock's constraints for `target`, less what `pins` fixes; none without a checkout."""
+    lock = source.root / LOCK_FILE if source.root is not None else None
+    if lock is None or not lock.is_file():
+        return []
+    pinned = {normalize(p.split("==")[0]) for p in pins}
+    return lock_constraints(lock.read_text(), target, pinned)
 
 
 @contextlib.contextmanager
@@ -543,6 +611,7 @@ def _build_dependencies(
     native: bool,
     pins: tuple[str, ...],
     unpinned: tuple[str, ...],
+    locked: Sequence[str] = (),
     extra_dirs: Sequence[Path],
     python: str,
 ) -> tuple[WheelFile, ...]:
@@ -572,7 +641,7 @@ def _build_dependencies(
                     missing.append(pin)
         if unpinned and not missing:
             constraints = out / "constraints.txt"
-            constraints.write_text("".join(p + "\n" for p in pins))
+            constraints.write_text("".join(p + "\n" for p in (*pins, *locked)))
             argv = pip_argv(python, target, out, unpinned, native=native, find_links=extra_dirs,
                             constraints=constraints)  # fmt: skip
             proc = _pip(argv)
