@@ -89,7 +89,7 @@ from benchdoc import run_main, write_section  # noqa: E402
 
 import rbee  # noqa: E402
 from rbee.config.hives import Hive, load_hives  # noqa: E402
-from rbee.hive.facts import Facts  # noqa: E402
+from rbee.facts import Facts  # noqa: E402
 from rbee.ssh.connection import HiveConnection  # noqa: E402
 from rbee.ssh.facts import STATUS_SCRIPT, remote_facts, status_facts  # noqa: E402
 from tests.hives import SSHD, HiveSet, cleanup_stale, test_hives  # noqa: E402

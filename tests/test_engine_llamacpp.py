@@ -1,12 +1,16 @@
-"""The llama.cpp adapter's token rendering, on the real default model."""
+"""The llama.cpp adapter on the real default model: token rendering, weight repacking."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
+from rbee.api.openai import parse_chat_request
+from rbee.engines.base import Finish
 from rbee.engines.llamacpp import LlamaCppEngine
+from rbee.engines.repack import RepackChoice
 
 
 @pytest.fixture(scope="module")
@@ -32,3 +36,40 @@ def test_every_other_token_renders_as_the_library_does(engine: LlamaCppEngine) -
     llm = engine._llm
     same = sum(llm.detokenize([t]) == engine._pieces[t] for t in range(llm.n_vocab()))
     assert same == llm.n_vocab() - 47
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_the_real_engine_loads_with_repacking_as_chosen_and_answers(
+    model_cache: Path, on: bool
+) -> None:
+    import llama_cpp  # noqa: PLC0415
+
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+    engine = LlamaCppEngine(
+        next(model_cache.rglob("*.gguf")),
+        n_ctx=256,
+        n_threads=1,
+        cpu_repack=RepackChoice(on, "test"),
+    )
+    engine.load()
+    try:
+        # The params llama.cpp loaded the model with carry the choice ...
+        assert engine._llm.model_params.use_extra_bufts is on
+        # ... and the library's own defaults are as they were.
+        assert llama_cpp.llama_cpp.llama_model_default_params is defaults
+        assert defaults().use_extra_bufts is True
+        request = parse_chat_request(
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "Say hello."}],
+                "max_tokens": 8,
+                "seed": 1,
+            }
+        )
+        pieces = list(engine.generate(engine.prepare(request), threading.Event()))
+        finish = pieces[-1]
+        assert isinstance(finish, Finish)
+        assert finish.completion_tokens > 0
+        assert "".join(p for p in pieces if isinstance(p, str)).strip()
+    finally:
+        engine.close()

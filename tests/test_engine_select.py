@@ -6,7 +6,7 @@ import pytest
 
 from rbee.engines.select import Choice, ModelFormats, engine_formats, select_engine
 from rbee.errors import SelectionError
-from rbee.hive.facts import Facts, Gpu
+from rbee.facts import Facts, Gpu
 
 
 def machine(

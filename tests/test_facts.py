@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rbee.errors import RbeeError
-from rbee.hive.facts import FACTS_SCRIPT, Gpu, local_facts, parse_facts, parse_nvidia_smi
+from rbee.facts import FACTS_SCRIPT, Gpu, local_facts, parse_facts, parse_nvidia_smi
 from rbee.ssh.facts import STATUS_SCRIPT, parse_status
 
 TWO_GPUS = """0, NVIDIA GeForce RTX 4090, 24564, 23012, 550.54.14

@@ -16,7 +16,7 @@ import pytest
 from rbee.cli.hive_ssh import hive_status
 from rbee.config.hives import load_hives
 from rbee.config.settings import Paths
-from rbee.hive.facts import Facts
+from rbee.facts import Facts
 from rbee.ssh.connection import HiveConnection
 from rbee.ssh.facts import remote_facts, status_facts
 from tests.conftest import make_paths, rbee_env

@@ -125,7 +125,10 @@ BAD = [
     (
         "Host a\n  RbeeHivPort 9000\n",
         2,
-        ["unknown rbee key RbeeHivPort", "RbeeBackend, RbeeHivePort, RbeeInstallDir, RbeePython"],
+        [
+            "unknown rbee key RbeeHivPort",
+            "RbeeBackend, RbeeCpuRepack, RbeeHivePort, RbeeInstallDir, RbeePython",
+        ],
     ),
     ("Host a\nMatch all\n  RbeeHivePort 9001\n", 3, ["Match", "Rbee keys belong in Host blocks"]),
     ("Host a\n\n# note\nHost bad!alias\n", 4, ["invalid hive alias 'bad!alias'"]),

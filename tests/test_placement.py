@@ -9,9 +9,9 @@ import pytest
 
 from rbee.api.workers import WorkerSpec
 from rbee.errors import SelectionError, UnknownModelError
-from rbee.hive.facts import Facts, Gpu
-from rbee.hive.placement import facts_from_json, model_formats, place
+from rbee.facts import Facts, Gpu
 from rbee.models.store import ModelStore
+from rbee.placement import facts_from_json, model_formats, place
 from tests.conftest import MODEL
 
 
@@ -45,7 +45,7 @@ def test_place_decides_auto_and_keeps_the_rest(model_cache: Path) -> None:
     formats = model_formats(ModelStore(model_cache), MODEL)
     spec = WorkerSpec(model=MODEL, ctx_size=2048, threads=3)
     placed, choice = place(spec, _facts(), formats, hive="box")
-    assert placed == WorkerSpec(MODEL, "llamacpp", "cpu", 2048, 3)
+    assert placed == WorkerSpec(MODEL, "llamacpp", "cpu", 2048, 3, cpu_repack="on")
     assert choice.format == "gguf"
     mlx, _ = place(dataclasses.replace(spec, engine="mlx"), _facts(), formats, hive="box")
     assert (mlx.engine, mlx.device) == ("mlx", "cpu")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rbee.errors import WheelhouseError
-from rbee.hive.facts import Facts, Gpu
+from rbee.facts import Facts, Gpu
 from rbee.ssh.install import engine_extras, wheels_to_send
 from rbee.ssh.wheelhouse import (
     EXTRA_ENV,

@@ -21,6 +21,7 @@ from rbee.errors import (
 )
 
 __all__ = [
+    "REPACK_SETTINGS",
     "WorkerInfo",
     "WorkerSpec",
     "WorkerState",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 WorkerState = Literal["starting", "ready", "stopping", "exited"]
+REPACK_SETTINGS = ("auto", "on", "off")
 _MAX_CTX = 1 << 20
 
 
@@ -46,6 +48,8 @@ class WorkerSpec:
     threads: int = 0
     embeddings: bool = False
     """Load the model for `/v1/embeddings` (it then serves nothing else)."""
+    cpu_repack: str = "auto"
+    """llama.cpp's weight repacking for the CPU: on, off, or auto (rbee.engines.repack decides)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,13 @@ def parse_worker_spec(body: Any) -> WorkerSpec:
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ApiError(400, f"{key} must be an integer from {lo} to {hi}", param=key)
             fields[key] = value
+    repack = body.get("cpu_repack")
+    if repack is not None:
+        if repack not in REPACK_SETTINGS:
+            raise ApiError(
+                400, f"cpu_repack must be one of {', '.join(REPACK_SETTINGS)}", param="cpu_repack"
+            )
+        fields["cpu_repack"] = repack
     embeddings = body.get("embeddings")
     if embeddings is not None:
         if not isinstance(embeddings, bool):

@@ -39,6 +39,7 @@ def _spec(args: argparse.Namespace, model: str) -> WorkerSpec:
         ctx_size=args.ctx_size,
         threads=args.threads,
         embeddings=args.embeddings,
+        cpu_repack=args.cpu_repack,
     )
 
 
@@ -117,6 +118,7 @@ def worker_run(args: argparse.Namespace, paths: Paths) -> int:
         model=args.model, engine=args.engine, device=args.device, port=args.port,
         ctx_size=args.ctx_size, threads=args.threads, ready_fd=args.ready_fd,
         lifeline_fd=args.lifeline_fd, parent_pid=args.parent_pid, embeddings=args.embeddings,
+        cpu_repack=args.cpu_repack,
     )  # fmt: skip
     return run_worker(paths, options)
 

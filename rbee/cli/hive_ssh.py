@@ -15,7 +15,7 @@ from rbee.cli.output import confirm, emit, fail, table
 from rbee.config.hives import Hive, HivesConfig, hives_path, load_hives
 from rbee.config.settings import Paths
 from rbee.errors import HostKeyError, QueenError, RbeeError
-from rbee.hive.facts import Facts
+from rbee.facts import Facts
 from rbee.queen.record import read_record
 from rbee.ssh.connection import HiveConnection
 from rbee.ssh.facts import status_facts

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rbee import __version__
+from rbee.api.workers import REPACK_SETTINGS
 from rbee.cli.output import fail
 from rbee.config.hive_keys import DEFAULT_HIVE_PORT
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
@@ -69,6 +70,13 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
         "--embeddings",
         action="store_true",
         help="load the model for /v1/embeddings (the worker then serves nothing else)",
+    )
+    p.add_argument(
+        "--cpu-repack",
+        choices=REPACK_SETTINGS,
+        default="auto",
+        help="llama.cpp's weight repacking for the CPU (default auto: off on CPUs with AMX, "
+        "whose repacking crashes llama.cpp; on elsewhere)",
     )
 
 

@@ -39,6 +39,7 @@ def worker_spawn(args: argparse.Namespace, paths: Paths) -> int:
         "ctx_size": args.ctx_size,
         "threads": args.threads,
         "embeddings": args.embeddings,
+        "cpu_repack": args.cpu_repack,
     }
     with queen_client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
         info = run_job(http, {"kind": "worker.spawn", **body})

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from rbee.api.workers import REPACK_SETTINGS
 from rbee.config.sshconfig import Directive
 
 __all__ = [
@@ -33,7 +34,8 @@ DEFAULT_PYTHON = "python3"
 BACKENDS = ("auto", "llamacpp", "exllamav2", "mlx")
 
 RBEE_KEYS = {
-    key.lower(): key for key in ("RbeeHivePort", "RbeeInstallDir", "RbeePython", "RbeeBackend")
+    key.lower(): key
+    for key in ("RbeeHivePort", "RbeeInstallDir", "RbeePython", "RbeeBackend", "RbeeCpuRepack")
 }
 
 Value = str | int | Path | None
@@ -193,6 +195,12 @@ def _backend(d: Directive, value: str, _: FileProblem) -> str:
     return value.lower()
 
 
+def _cpu_repack(d: Directive, value: str, _: FileProblem) -> str:
+    if value.lower() not in REPACK_SETTINGS:
+        raise d.error(f"{d.keyword} must be one of {', '.join(REPACK_SETTINGS)}, got {value!r}")
+    return value.lower()
+
+
 _CHECKERS: dict[str, Callable[[Directive, str, FileProblem], Value]] = {
     "hostname": _hostname,
     "user": _user,
@@ -206,4 +214,5 @@ _CHECKERS: dict[str, Callable[[Directive, str, FileProblem], Value]] = {
     "rbeeinstalldir": _install_dir,
     "rbeepython": _python,
     "rbeebackend": _backend,
+    "rbeecpurepack": _cpu_repack,
 }

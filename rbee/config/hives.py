@@ -56,6 +56,8 @@ class Hive:
     line: int
     user_known_hosts: Path | None = None
     """The first UserKnownHostsFile, if hives.conf sets one."""
+    cpu_repack: str = "auto"
+    """RbeeCpuRepack: llama.cpp's weight repacking for workers there (rbee.engines.repack)."""
 
     def known_hosts(self) -> Path:
         """The file its host key is verified against, and where `rbee hive trust` writes."""
@@ -206,4 +208,5 @@ def _resolve(alias: str, origin: Directive, settings: list[tuple[Directive, Valu
         path=origin.path,
         line=origin.line,
         user_known_hosts=known if isinstance(known, Path) else None,
+        cpu_repack=text("rbeecpurepack", "auto"),
     )

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from rbee.engines.base import Engine
 from rbee.engines.fit import artifact_bytes, check_fits, estimate_need, mem_available
+from rbee.engines.repack import LLAMA_DEFAULT_REPACK, RepackChoice
 from rbee.errors import RbeeError, SelectionError
-from rbee.hive.facts import NVIDIA_SMI_QUERY, parse_nvidia_smi
+from rbee.facts import NVIDIA_SMI_QUERY, parse_nvidia_smi
 from rbee.models.gguf import kv_cache_bytes
 
 __all__ = ["check_memory", "create_engine", "device_free_memory"]
@@ -50,6 +51,7 @@ def create_engine(
     n_ctx: int = 4096,
     threads: int = 1,
     embeddings: bool = False,
+    cpu_repack: RepackChoice | None = None,
 ) -> Engine:
     """The adapter for `engine` on `path`; InsufficientMemoryError if it cannot fit `device`."""
     check_memory(model, path, device, n_ctx)
@@ -63,6 +65,7 @@ def create_engine(
             n_gpu_layers=0 if device == "cpu" else -1,  # CUDA or Metal: every layer on the GPU
             main_gpu=int(device.split(":")[1]) if device.startswith("cuda:") else None,
             embedding=embeddings,
+            cpu_repack=cpu_repack or LLAMA_DEFAULT_REPACK,
         )
     if embeddings:
         raise SelectionError(f"engine {engine} does not serve embeddings; use llamacpp")

@@ -14,6 +14,7 @@ OpenAI's API also takes token ids, and an input over the context must be refused
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import logging
 import random
@@ -32,6 +33,7 @@ from rbee.engines.base import (
     check_embedding_tokens,
     fit_context,
 )
+from rbee.engines.repack import LLAMA_DEFAULT_REPACK, RepackChoice
 from rbee.errors import ApiError, EngineError
 
 __all__ = ["LlamaCppEngine"]
@@ -64,6 +66,39 @@ def _token_pieces(llama_cpp: Any, vocab: Any, n_vocab: int) -> tuple[bytes, ...]
     return tuple(pieces)
 
 
+@contextlib.contextmanager
+def _extra_buffer_types(llama_cpp: Any, *, enabled: bool) -> Iterator[None]:
+    """While a `Llama` is built, give it model params with `use_extra_bufts` set to `enabled`.
+
+    `Llama()` takes no such argument: it fills its params from `llama_model_default_params()`,
+    so that one function is wrapped for the duration of the load (one model per worker process,
+    loaded on one thread). A binding too old to have the field cannot turn repacking off: that is
+    said, not hidden.
+    """
+    module = llama_cpp.llama_cpp
+    defaults = module.llama_model_default_params
+    params_type: Any = getattr(module, "llama_model_params", None)
+    fields = {name for name, *_ in getattr(params_type, "_fields_", ())}
+    if enabled or "use_extra_bufts" not in fields:
+        if not enabled:
+            log.warning(
+                "this llama-cpp-python cannot turn weight repacking off (no use_extra_bufts)"
+            )
+        yield
+        return
+
+    def without_extra_buffer_types() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = without_extra_buffer_types
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = defaults
+
+
 class LlamaCppEngine:
     """One GGUF model loaded in llama.cpp."""
 
@@ -78,15 +113,18 @@ class LlamaCppEngine:
         n_gpu_layers: int = 0,
         main_gpu: int | None = None,
         embedding: bool = False,
+        cpu_repack: RepackChoice = LLAMA_DEFAULT_REPACK,
     ) -> None:
         """`n_gpu_layers` -1 offloads every layer (CUDA and Metal builds); `main_gpu` N keeps the
-        model on that one CUDA GPU (`--device cuda:N`) instead of splitting it across all."""
+        model on that one CUDA GPU (`--device cuda:N`) instead of splitting it across all;
+        `cpu_repack` says whether llama.cpp may repack the weights (rbee.engines.repack)."""
         self._path = model_path
         self._n_ctx = n_ctx
         self._n_threads = n_threads
         self._n_gpu_layers = n_gpu_layers
         self._main_gpu = main_gpu
         self.embedding = embedding
+        self.cpu_repack = cpu_repack
         self._llm: Any = None
         self._formatter: Any = None
         self._eog: frozenset[int] = frozenset()
@@ -114,22 +152,26 @@ class LlamaCppEngine:
         # context must fit the batch too. (512 is llama-cpp-python's own default.)
         batch = self._n_ctx if self.embedding else 512
         one_gpu = self._main_gpu is not None
+        log.info("llama.cpp weight repacking %s: %s", self.cpu_repack.setting, self.cpu_repack.why)
         try:
-            llm = llama_cpp.Llama(
-                model_path=str(self._path),
-                n_ctx=self._n_ctx,
-                n_threads=self._n_threads,
-                n_threads_batch=self._n_threads,
-                n_gpu_layers=self._n_gpu_layers,
-                n_batch=batch,
-                n_ubatch=batch,
-                embedding=self.embedding,
-                verbose=False,
-                main_gpu=self._main_gpu or 0,
-                split_mode=(
-                    llama_cpp.LLAMA_SPLIT_MODE_NONE if one_gpu else llama_cpp.LLAMA_SPLIT_MODE_LAYER
-                ),
-            )
+            with _extra_buffer_types(llama_cpp, enabled=self.cpu_repack.on):
+                llm = llama_cpp.Llama(
+                    model_path=str(self._path),
+                    n_ctx=self._n_ctx,
+                    n_threads=self._n_threads,
+                    n_threads_batch=self._n_threads,
+                    n_gpu_layers=self._n_gpu_layers,
+                    n_batch=batch,
+                    n_ubatch=batch,
+                    embedding=self.embedding,
+                    verbose=False,
+                    main_gpu=self._main_gpu or 0,
+                    split_mode=(
+                        llama_cpp.LLAMA_SPLIT_MODE_NONE
+                        if one_gpu
+                        else llama_cpp.LLAMA_SPLIT_MODE_LAYER
+                    ),
+                )
         except (ValueError, RuntimeError, OSError) as err:
             raise EngineError(f"llama.cpp could not load {self._path}: {err}") from err
         if self.embedding:

@@ -19,7 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from rbee.errors import SelectionError
-from rbee.hive.facts import Facts
+from rbee.facts import Facts
 
 __all__ = [
     "AUTO",

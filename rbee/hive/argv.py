@@ -33,6 +33,8 @@ def worker_argv(
     ]  # fmt: skip
     if spec.threads:
         argv += ["--threads", str(spec.threads)]
+    if spec.cpu_repack != "auto":
+        argv += ["--cpu-repack", spec.cpu_repack]
     if spec.embeddings:
         argv.append("--embeddings")
     return argv

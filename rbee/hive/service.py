@@ -1,7 +1,7 @@
 """What a hive does, wherever it runs: inside the queen (integrated mode) or as `rbee hive run`.
 
 It owns the machine's model store and worker processes: spawning picks the engine and device by
-the machine's hardware (rbee.hive.placement), fetches the artifact the store lacks, then starts the
+the machine's hardware (rbee.placement), fetches the artifact the store lacks, then starts the
 worker and waits until it serves.
 """
 
@@ -15,11 +15,11 @@ from types import TracebackType
 from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.factory import check_memory
-from rbee.hive.facts import Facts, local_facts
-from rbee.hive.placement import model_formats, place
+from rbee.facts import Facts, local_facts
 from rbee.hive.supervisor import Supervisor
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore, StoredModel
+from rbee.placement import model_formats, place
 
 __all__ = ["HiveService"]
 

@@ -29,9 +29,9 @@ from rbee.config.hives import Hive
 from rbee.config.settings import Timeouts
 from rbee.engines.select import Choice
 from rbee.errors import ApiError, SshError, WorkerError
-from rbee.hive.placement import facts_from_json, model_formats, place
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore
+from rbee.placement import facts_from_json, model_formats, place
 from rbee.ssh.argv import remote_command
 from rbee.ssh.connection import HiveConnection
 from rbee.ssh.forward import PortForward
@@ -302,6 +302,8 @@ class RemoteHive:
 
     async def place(self, spec: WorkerSpec) -> tuple[WorkerSpec, Choice]:
         """Decide engine and device for `spec` by the hive's facts and the formats at hand."""
+        if spec.cpu_repack == "auto":  # hives.conf's RbeeCpuRepack, unless the spawn said
+            spec = dataclasses.replace(spec, cpu_repack=self.hive.cpu_repack)
         health = await self._http("GET", "/health")
         try:
             facts = facts_from_json(health.get("facts"))
@@ -323,7 +325,7 @@ class RemoteHive:
         await self._ensure_model(spec.model, choice.format)
         body = {"model": spec.model, "engine": spec.engine, "device": spec.device,
                 "ctx_size": spec.ctx_size, "threads": spec.threads,
-                "embeddings": spec.embeddings}  # fmt: skip
+                "embeddings": spec.embeddings, "cpu_repack": spec.cpu_repack}  # fmt: skip
         info = parse_worker_info(await self._http("POST", "/v1/workers", json=body))
         await self._track(info)
         return dataclasses.replace(info, note=choice.note) if choice.note else info

@@ -13,8 +13,8 @@ from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.select import Choice
 from rbee.errors import RbeeError
-from rbee.hive.placement import model_formats, place
 from rbee.hive.service import HiveService
+from rbee.placement import model_formats, place
 from rbee.queen.fleet import Fleet
 from rbee.queen.jobs import JobManager
 from rbee.queen.registry import LOCAL_HIVE, Registry

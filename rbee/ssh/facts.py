@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from rbee.errors import RbeeError
-from rbee.hive.facts import FACTS_SCRIPT, NVIDIA_SMI_QUERY, Facts, parse_facts, parse_nvidia_smi
+from rbee.facts import FACTS_SCRIPT, NVIDIA_SMI_QUERY, Facts, parse_facts, parse_nvidia_smi
 from rbee.ssh.connection import HiveConnection
 
 __all__ = ["ENGINE_MODULES", "STATUS_SCRIPT", "parse_status", "remote_facts", "status_facts"]

@@ -26,7 +26,7 @@ import asyncssh
 
 from rbee.config.hives import Hive
 from rbee.errors import InstallError, RemoteCommandError, SshError, WheelhouseError
-from rbee.hive.facts import Facts
+from rbee.facts import Facts
 from rbee.ssh.connection import HiveConnection
 from rbee.ssh.facts import remote_facts
 from rbee.ssh.wheelhouse import Target, WheelFile, Wheelhouse

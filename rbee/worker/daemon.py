@@ -22,12 +22,13 @@ from rbee.api.workers import WorkerSpec
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.base import Engine
 from rbee.engines.factory import create_engine
+from rbee.engines.repack import choose_cpu_repack
 from rbee.engines.select import AUTO, engine_formats
 from rbee.errors import ModelError
-from rbee.hive.facts import local_facts
-from rbee.hive.placement import model_formats, place
+from rbee.facts import local_facts
 from rbee.models.store import ModelStore
 from rbee.net import bind_tcp, run_event_loop, uvicorn_server
+from rbee.placement import model_formats, place
 from rbee.proc import arm_parent_death_signal, watch_lifeline
 from rbee.worker.app import create_app
 from rbee.worker.runner import EngineRunner
@@ -52,6 +53,7 @@ class WorkerOptions:
     lifeline_fd: int | None = None
     parent_pid: int | None = None
     embeddings: bool = False
+    cpu_repack: str = AUTO
 
 
 def build_engine(paths: Paths, options: WorkerOptions) -> Engine:
@@ -62,11 +64,12 @@ def build_engine(paths: Paths, options: WorkerOptions) -> Engine:
     """
     store = ModelStore(paths.models_dir)
     spec = WorkerSpec(model=options.model, engine=options.engine, device=options.device,
-                      embeddings=options.embeddings)  # fmt: skip
+                      embeddings=options.embeddings, cpu_repack=options.cpu_repack)  # fmt: skip
     formats = model_formats(store, options.model)
-    facts = local_facts() if AUTO in (options.engine, options.device) else None
+    facts = local_facts() if AUTO in (options.engine, options.device, options.cpu_repack) else None
     if facts is not None:
         spec, _ = place(spec, facts, formats, hive="localhost")
+    repack = choose_cpu_repack(spec.cpu_repack, facts)
     wanted = engine_formats(spec.engine, formats)
     stored = store.get(options.model)
     artifact = next(
@@ -89,6 +92,7 @@ def build_engine(paths: Paths, options: WorkerOptions) -> Engine:
         n_ctx=options.ctx_size,
         threads=threads,
         embeddings=options.embeddings,
+        cpu_repack=repack,
     )
 
 

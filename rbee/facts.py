@@ -16,14 +16,20 @@ from typing import Any
 
 from rbee.errors import RbeeError
 
-__all__ = ["FACTS_SCRIPT", "NVIDIA_SMI_QUERY", "Facts", "Gpu", "local_facts", "parse_facts",
-           "parse_nvidia_smi"]  # fmt: skip
+__all__ = ["CPU_FLAGS", "FACTS_SCRIPT", "NVIDIA_SMI_QUERY", "Facts", "Gpu", "local_facts",
+           "parse_facts", "parse_nvidia_smi"]  # fmt: skip
 
 NVIDIA_SMI_QUERY = [
     "nvidia-smi",
     "--query-gpu=index,name,memory.total,memory.free,driver_version",
     "--format=csv,noheader,nounits",
 ]
+
+CPU_FLAGS = frozenset(
+    {"amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "avx512f", "avx512_vnni", "avx512_bf16",
+     "avx_vnni", "avx2", "fma", "f16c", "asimd", "sve", "i8mm"}
+)  # fmt: skip
+"""The CPU flags (of /proc/cpuinfo) that decide how an engine computes on a machine."""
 
 # Python start-up is most of what the script costs, so it imports only os and sys (json, platform,
 # shutil and subprocess would triple its CPU time; subprocess is imported only to run a program),
@@ -74,6 +80,8 @@ def js(v):
         return str(v)
     if isinstance(v, dict):
         return "{" + ", ".join(js(k) + ": " + js(x) for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(js(x) for x in v) + "]"
     out = []
     for c in v:
         n = ord(c)
@@ -95,6 +103,17 @@ if f["os"] == "linux":
         f["mem_available"] = int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         pass
+    try:
+        for l in open("/proc/cpuinfo"):
+            key, _, value = l.partition(":")
+            key = key.strip()
+            if key == "model name" and "cpu_model" not in f:
+                f["cpu_model"] = value.strip()
+            elif key in ("flags", "Features"):
+                f["cpu_flags"] = [x for x in value.split() if x in CPU_FLAGS]
+                break
+    except OSError:
+        pass
 elif f["os"] == "darwin":
     out = run(["sysctl", "-n", "hw.memsize"])
     f["mem_total"] = int(out) if out and out.strip().isdigit() else None
@@ -107,7 +126,7 @@ f["engines"] = {"llama_cpp": imports("llama_cpp", "llama_cpp", None),
                 "exllamav2": imports("exllamav2", "exllamav2",
                                      None if f["nvidia_smi"] else "not imported: no NVIDIA GPU")}
 print(js(f))
-""".replace("NVIDIA_SMI", repr(NVIDIA_SMI_QUERY))
+""".replace("NVIDIA_SMI", repr(NVIDIA_SMI_QUERY)).replace("CPU_FLAGS", repr(sorted(CPU_FLAGS)))
 
 
 @dataclass(frozen=True)
@@ -140,6 +159,14 @@ class Facts:
     """The engine modules that import on the machine."""
     engine_problems: tuple[tuple[str, str], ...] = ()
     """(module, why) for engines installed there that do not import."""
+    cpu_model: str | None = None
+    cpu_flags: tuple[str, ...] = ()
+    """The flags of CPU_FLAGS the CPU has (Linux; empty elsewhere or when unknown)."""
+
+    @property
+    def amx(self) -> bool:
+        """True on a CPU with Intel AMX (Sapphire Rapids and later Xeons)."""
+        return any(flag.startswith("amx_") for flag in self.cpu_flags)
 
     @property
     def apple_silicon(self) -> bool:
@@ -193,6 +220,8 @@ def parse_facts(text: str) -> Facts:
             apple_chip=raw.get("chip") or None,
             engines=tuple(sorted(k for k, v in engines.items() if v is True)),
             engine_problems=tuple(sorted((k, v) for k, v in engines.items() if isinstance(v, str))),
+            cpu_model=str(raw["cpu_model"]) if raw.get("cpu_model") else None,
+            cpu_flags=tuple(sorted(str(x) for x in raw.get("cpu_flags") or () if x in CPU_FLAGS)),
         )
     except (ValueError, KeyError, TypeError) as err:
         raise RbeeError(

@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from rbee.api.workers import WorkerSpec
+from rbee.engines.repack import choose_cpu_repack
 from rbee.engines.select import AUTO, Choice, ModelFormats, select_engine
 from rbee.errors import ModelError, SelectionError, UnknownModelError
-from rbee.hive.facts import Facts, Gpu
+from rbee.facts import Facts, Gpu
 from rbee.models.catalog import CATALOG, validate_model_id
 from rbee.models.gguf import MLX_FILE_TYPES, mlx_reads
 from rbee.models.store import ModelStore
@@ -39,6 +40,7 @@ def facts_from_json(raw: Any) -> Facts:
     values["engine_problems"] = tuple(
         (str(module), str(why)) for module, why in raw.get("engine_problems", ())
     )
+    values["cpu_flags"] = tuple(str(flag) for flag in raw.get("cpu_flags", ()))
     return Facts(**values)
 
 
@@ -78,7 +80,8 @@ def place(
 ) -> tuple[WorkerSpec, Choice]:
     """`spec` with its engine and device decided, and the choice (format, note) behind it.
 
-    Embeddings are served by llama.cpp only, so an embedding worker picks it by default.
+    Embeddings are served by llama.cpp only, so an embedding worker picks it by default. A
+    llama.cpp worker's weight repacking is decided here too, by the CPU's flags, when it is auto.
     """
     engine = spec.engine
     if spec.embeddings:
@@ -90,4 +93,10 @@ def place(
     choice = select_engine(facts, formats, engine=engine, device=spec.device, hive=hive)
     if choice.note:
         log.info("%s: %s: %s", hive, spec.model, choice.note)
-    return dataclasses.replace(spec, engine=choice.engine, device=choice.device), choice
+    repack = spec.cpu_repack
+    if choice.engine == "llamacpp":
+        repack = choose_cpu_repack(repack, facts).setting
+    placed = dataclasses.replace(
+        spec, engine=choice.engine, device=choice.device, cpu_repack=repack
+    )
+    return placed, choice
