@@ -8,15 +8,23 @@
     │   └── ChecksumError       a stored file does not match its recorded sha256
     ├── EngineError           an engine could not load a model or generate
     ├── WorkerError           a worker process failed to start or died
+    │   ├── WorkerNotFoundError  no worker with that id (on that hive)
+    │   ├── WorkerExistsError    a worker with that id runs already
+    │   └── WorkerUnavailableError  no worker can serve a model now (restarting, crash-loop)
+    ├── HiveError             a hive cannot take the request
+    │   ├── HiveNotStartedError  the hive was not started (names how to start it)
+    │   └── HiveUnavailableError the hive is started but not reachable now (reconnecting, error)
     ├── QueenError            talking to the queen
-    │   └── QueenNotRunningError
+    │   ├── QueenNotRunningError
+    │   └── JobFailedError      a job ended failed or cancelled (the job's own error)
     ├── PortInUseError        a listening port is taken
     ├── SshError              reaching or running something on a hive over SSH (names the hive)
     │   ├── HostKeyError        the hive's host key is unknown or changed
     │   ├── RemoteCommandError  a command on a hive failed (argv, exit status, stderr tail)
     │   └── InstallError        `rbee hive install` failed (host, step, argv, stderr tail)
     ├── WheelhouseError       the queen could not gather the wheels a hive needs
-    └── ApiError              an HTTP request was refused; carries the OpenAI error body fields
+    ├── ApiError              an HTTP request was refused; carries the OpenAI error body fields
+    └── ClientGoneError       the HTTP client went away before its answer (internal)
 
 Every error carries what an operator needs to act (file, field, host, command, stderr tail) in its
 message; none of them should ever reach a user as a traceback.
@@ -24,16 +32,22 @@ message; none of them should ever reach a user as a traceback.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = [
     "ApiError",
     "ChecksumError",
+    "ClientGoneError",
     "ConfigError",
     "EngineError",
+    "HiveError",
+    "HiveNotStartedError",
+    "HiveUnavailableError",
     "HostKeyError",
     "InstallError",
     "InsufficientMemoryError",
+    "JobFailedError",
     "ModelError",
     "ModelFetchError",
     "PortInUseError",
@@ -46,6 +60,9 @@ __all__ = [
     "UnknownModelError",
     "WheelhouseError",
     "WorkerError",
+    "WorkerExistsError",
+    "WorkerNotFoundError",
+    "WorkerUnavailableError",
 ]
 
 
@@ -95,12 +112,56 @@ class WorkerError(RbeeError):
     """A worker process failed to start, or died."""
 
 
+class WorkerNotFoundError(WorkerError):
+    """No worker with the id asked for."""
+
+
+class WorkerExistsError(WorkerError):
+    """A worker with the id asked for already runs on that hive."""
+
+
+class WorkerUnavailableError(WorkerError):
+    """No worker can serve the model now; `retry_after` says when one may (None: unknown)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class HiveError(RbeeError):
+    """A hive cannot take a request."""
+
+
+class HiveNotStartedError(HiveError):
+    """The hive named was not started (`rbee hive start ALIAS`)."""
+
+
+class HiveUnavailableError(HiveError):
+    """The hive is started but cannot be reached now (connecting, lost, or in error)."""
+
+
 class QueenError(RbeeError):
     """The queen refused a request or could not be reached."""
 
 
 class QueenNotRunningError(QueenError):
     """Nothing answers at the queen's address."""
+
+
+class JobFailedError(QueenError):
+    """A job ended failed or cancelled; the message is the job's own error."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        kind, state = job.get("kind", "job"), job.get("state")
+        error = job.get("error") or state
+        super().__init__(
+            f"{kind} was {error}" if state == "cancelled" else f"{kind} failed: {error}"
+        )
+
+
+class ClientGoneError(RbeeError):
+    """The HTTP client disconnected before its answer was ready (control flow, never shown)."""
 
 
 class PortInUseError(RbeeError):
@@ -180,13 +241,22 @@ class ApiError(RbeeError):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.status = status
         self.message = message
         self.type = type
         self.param = param
         self.code = code
+        self.retry_after = retry_after
+        """Seconds after which the request may succeed (sent as `Retry-After`, whole seconds)."""
         super().__init__(message)
+
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers the error's response carries."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
     def body(self) -> dict[str, Any]:
         """The OpenAI error body: {"error": {"message", "type", "param", "code"}}."""

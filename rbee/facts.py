@@ -17,7 +17,7 @@ from typing import Any
 from rbee.errors import RbeeError
 
 __all__ = ["CPU_FLAGS", "FACTS_SCRIPT", "NVIDIA_SMI_QUERY", "Facts", "Gpu", "local_facts",
-           "parse_facts", "parse_nvidia_smi"]  # fmt: skip
+           "parse_facts", "parse_nvidia_smi", "read_gpus"]  # fmt: skip
 
 NVIDIA_SMI_QUERY = [
     "nvidia-smi",
@@ -228,6 +228,17 @@ def parse_facts(text: str) -> Facts:
             f"the facts script printed something unexpected ({err}): {text[:200]!r}"
         ) from err
     return facts
+
+
+def read_gpus(timeout: float = 10.0) -> tuple[Gpu, ...] | None:
+    """This machine's NVIDIA GPUs as nvidia-smi reports them now; None if it cannot be asked."""
+    try:
+        out = subprocess.run(
+            NVIDIA_SMI_QUERY, capture_output=True, text=True, timeout=timeout, check=False
+        ).stdout
+        return parse_nvidia_smi(out)
+    except (OSError, subprocess.SubprocessError, RbeeError):
+        return None
 
 
 def local_facts(python: str = sys.executable, timeout: float = 30.0) -> Facts:

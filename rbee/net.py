@@ -9,7 +9,7 @@ import ipaddress
 import signal
 import socket
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -67,6 +67,16 @@ class Server(uvicorn.Server):
     """
 
     signal_received: int | None = None
+    before_shutdown: Callable[[], Awaitable[None]] | None = None
+    """Run once new connections are refused and before uvicorn's own graceful shutdown (the
+    queen drains its streams here, ending them with an error event instead of a cut)."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.before_shutdown is not None:
+            for server in self.servers:
+                server.close()
+            await self.before_shutdown()
+        await super().shutdown(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -191,7 +191,8 @@ def test_registry_routes_by_capability() -> None:
         assert chat is not None
         assert chat.id == "chat"
         chat.outstanding += 1
-    assert registry.choose("m", {"emb"}, embeddings=True) is None
+    tried = {chosen.attempt}  # a worker tried once (in this life) is not chosen again
+    assert registry.choose("m", tried, embeddings=True) is None
     assert registry.served_models(embeddings=False) == {"m": 2048}
     assert registry.served_models(embeddings=True) == {"m": 512}
     assert registry.served_models() == {"m": 512}

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from rbee.api.client import QueenClient
 from rbee.api.http import EXCEPTION_HANDLERS
 from rbee.api.jobs import (
     OPERATION_PARSERS,
@@ -27,10 +28,9 @@ from rbee.api.jobs import (
     check_fields,
     parse_operation,
 )
-from rbee.api.jobs_client import JobFailedError, get_job, stream_job, submit_job
 from rbee.api.workers import WorkerSpec
 from rbee.cli import jobs as cli_jobs
-from rbee.errors import ApiError, RbeeError
+from rbee.errors import ApiError, JobFailedError, RbeeError
 from rbee.net import bind_tcp, uvicorn_server
 from rbee.queen import jobs_routes
 from rbee.queen.jobs import JobManager, Progress, Runner
@@ -205,7 +205,7 @@ async def test_progress_is_rate_limited_and_can_come_from_a_thread() -> None:
 
 
 @pytest.fixture
-def http() -> Iterator[httpx.Client]:
+def queen() -> Iterator[QueenClient]:
     """A real uvicorn serving the jobs routes (test.sleep only) in a thread; a client of it."""
     sock = bind_tcp("127.0.0.1", 0)
     app = Starlette(
@@ -228,7 +228,7 @@ def http() -> Iterator[httpx.Client]:
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.01)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        with QueenClient(url) as client:
             yield client
     finally:
         server.should_exit = True
@@ -238,117 +238,119 @@ def http() -> Iterator[httpx.Client]:
     assert not leftovers
 
 
-def submit(http: httpx.Client, **fields: Any) -> str:
-    return str(submit_job(http, {"kind": Sleep.kind, **fields})["job_id"])
+def submit(queen: QueenClient, **fields: Any) -> str:
+    return str(queen.submit_job({"kind": Sleep.kind, **fields})["job_id"])
 
 
-def sse_lines(http: httpx.Client, job_id: str) -> list[str]:
-    with http.stream("GET", f"/v1/jobs/{job_id}/stream") as r:
+def sse_lines(queen: QueenClient, job_id: str) -> list[str]:
+    with queen.http.stream("GET", f"/v1/jobs/{job_id}/stream") as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         return [line for line in r.iter_lines() if line]
 
 
-def test_a_late_subscriber_gets_the_whole_history(http: httpx.Client) -> None:
-    answer = http.post("/v1/jobs", json={"operation": {"kind": Sleep.kind, "steps": 2}})
+def test_a_late_subscriber_gets_the_whole_history(queen: QueenClient) -> None:
+    answer = queen.http.post("/v1/jobs", json={"operation": {"kind": Sleep.kind, "steps": 2}})
     assert answer.status_code == 202
     job_id = answer.json()["job_id"]
     assert answer.json()["kind"] == Sleep.kind
-    while get_job(http, job_id)["state"] != "succeeded":
+    while queen.get_job(job_id)["state"] != "succeeded":
         time.sleep(0.01)
-    lines = sse_lines(http, job_id)
+    lines = sse_lines(queen, job_id)
     assert lines[-1] == "data: [DONE]"
     events = [JobEvent.from_json(json.loads(line[6:])) for line in lines[:-1]]
     assert [(e.seq, e.type, e.message) for e in events] == [
         (1, "step", "step 1"), (2, "progress", "sleeping"), (3, "step", "step 2"),
         (4, "progress", "sleeping"), (5, "log", "slept"), (6, "done", "done"),
     ]  # fmt: skip
-    job = get_job(http, job_id)
+    job = queen.get_job(job_id)
     assert (job["result"], job["events"], job["error"]) == ({"slept": 2}, 6, None)
-    assert [j["job_id"] for j in http.get("/v1/jobs").json()["data"]] == [job_id]
+    assert [j["job_id"] for j in queen.http.get("/v1/jobs").json()["data"]] == [job_id]
 
 
-async def test_two_subscribers_see_the_same_events(http: httpx.Client) -> None:
-    job_id = submit(http, steps=6, delay=0.05)
+async def test_two_subscribers_see_the_same_events(queen: QueenClient) -> None:
+    job_id = submit(queen, steps=6, delay=0.05)
 
     async def follow(client: httpx.AsyncClient) -> list[str]:
         async with client.stream("GET", f"/v1/jobs/{job_id}/stream") as r:
             return [line async for line in r.aiter_lines() if line]
 
-    async with httpx.AsyncClient(base_url=str(http.base_url), timeout=TIMEOUT) as client:
+    async with httpx.AsyncClient(base_url=str(queen.http.base_url), timeout=TIMEOUT) as client:
         first, second = await asyncio.gather(follow(client), follow(client))
     assert first == second
     assert len(first) == 6 * 2 + 3
     assert '"type":"done"' in first[-2]
 
 
-def test_a_stream_client_that_leaves_does_not_cancel_the_job(http: httpx.Client) -> None:
-    job_id = submit(http, steps=5, delay=0.1)
-    with http.stream("GET", f"/v1/jobs/{job_id}/stream") as r:
+def test_a_stream_client_that_leaves_does_not_cancel_the_job(queen: QueenClient) -> None:
+    job_id = submit(queen, steps=5, delay=0.1)
+    with queen.http.stream("GET", f"/v1/jobs/{job_id}/stream") as r:
         assert next(r.iter_lines()).startswith("data: ")
-    assert [e.type for e in stream_job(http, job_id)][-1] == "done"
-    assert get_job(http, job_id)["state"] == "succeeded"
+    assert [e.type for e in queen.stream_job(job_id)][-1] == "done"
+    assert queen.get_job(job_id)["state"] == "succeeded"
 
 
 def test_an_idle_stream_sends_keepalives(
-    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+    queen: QueenClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(jobs_routes, "KEEPALIVE", 0.02)
-    lines = sse_lines(http, submit(http, steps=2, delay=0.2))
+    lines = sse_lines(queen, submit(queen, steps=2, delay=0.2))
     assert ": keepalive" in lines
     assert lines[-1] == "data: [DONE]"
 
 
-def test_delete_cancels_a_job(http: httpx.Client) -> None:
-    job_id = submit(http, steps=1000, delay=0.05)
-    answer = http.delete(f"/v1/jobs/{job_id}")
+def test_delete_cancels_a_job(queen: QueenClient) -> None:
+    job_id = submit(queen, steps=1000, delay=0.05)
+    answer = queen.http.delete(f"/v1/jobs/{job_id}")
     assert answer.status_code == 200
     assert (answer.json()["state"], answer.json()["error"]) == ("cancelled", "cancelled")
-    lines = sse_lines(http, job_id)
+    lines = sse_lines(queen, job_id)
     assert lines[-1] == "data: [DONE]"
     last = JobEvent.from_json(json.loads(lines[-2][6:]))
     assert (last.type, last.message) == ("error", "cancelled")
     with pytest.raises(JobFailedError, match=r"^test\.sleep was cancelled$"):
-        cli_jobs.watch_job(http, job_id)
+        cli_jobs.watch_job(queen, job_id)
 
 
-def test_the_api_refuses_with_openai_error_bodies(http: httpx.Client) -> None:
+def test_the_api_refuses_with_openai_error_bodies(queen: QueenClient) -> None:
     for method, path in (("GET", "/v1/jobs/nope"), ("GET", "/v1/jobs/nope/stream"),
                          ("DELETE", "/v1/jobs/nope")):  # fmt: skip
-        r = http.request(method, path)
+        r = queen.http.request(method, path)
         assert r.status_code == 404
         assert r.json()["error"]["code"] == "job_not_found"
-    bad = http.post("/v1/jobs", json={"operation": {"kind": Sleep.kind, "steps": "x"}})
+    bad = queen.http.post("/v1/jobs", json={"operation": {"kind": Sleep.kind, "steps": "x"}})
     assert (bad.status_code, bad.json()["error"]["param"]) == (400, "operation.steps")
     # worker.spawn parses, but this app has no runner for it: only test.sleep is known here.
-    unknown = http.post("/v1/jobs", json={"operation": {"kind": "worker.spawn", "model": "m"}})
+    unknown = queen.http.post(
+        "/v1/jobs", json={"operation": {"kind": "worker.spawn", "model": "m"}}
+    )
     assert unknown.status_code == 400
     assert "(known kinds: test.sleep)" in unknown.json()["error"]["message"]
-    job_id = submit(http, steps=1)
-    assert http.get(f"/v1/jobs/{job_id}/stream?after=x").status_code == 400
+    job_id = submit(queen, steps=1)
+    assert queen.http.get(f"/v1/jobs/{job_id}/stream?after=x").status_code == 400
 
 
 def test_run_job_renders_progress_and_returns_the_result(
-    http: httpx.Client, capsys: pytest.CaptureFixture[str]
+    queen: QueenClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli_jobs.run_job(http, {"kind": Sleep.kind, "steps": 2}) == {"slept": 2}
+    assert cli_jobs.run_job(queen, {"kind": Sleep.kind, "steps": 2}) == {"slept": 2}
     err = capsys.readouterr().err.splitlines()
     assert err == ["[1/2] step 1", "  sleeping…", "[2/2] step 2", "  sleeping: done", "  slept"]
 
 
-def test_run_job_raises_the_jobs_error(http: httpx.Client) -> None:
+def test_run_job_raises_the_jobs_error(queen: QueenClient) -> None:
     with pytest.raises(RbeeError, match=r"^test\.sleep failed: the disk is full$"):
-        cli_jobs.run_job(http, {"kind": Sleep.kind, "steps": 1, "fail": "the disk is full"})
+        cli_jobs.run_job(queen, {"kind": Sleep.kind, "steps": 1, "fail": "the disk is full"})
 
 
 def test_ctrl_c_stops_watching_but_not_the_job(
-    http: httpx.Client, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    queen: QueenClient, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def interrupt(view: object, event: JobEvent) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_jobs, "render_event", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        cli_jobs.run_job(http, {"kind": Sleep.kind, "steps": 1000, "delay": 0.05})
-    (job,) = http.get("/v1/jobs").json()["data"]
+        cli_jobs.run_job(queen, {"kind": Sleep.kind, "steps": 1000, "delay": 0.05})
+    (job,) = queen.http.get("/v1/jobs").json()["data"]
     assert job["state"] == "running"
     assert f"`rbee job watch {job['job_id']}`" in capsys.readouterr().err

@@ -8,13 +8,11 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
+from rbee.errors import ClientGoneError
+
 __all__ = ["ClientGoneError", "until_disconnect"]
 
 T = TypeVar("T")
-
-
-class ClientGoneError(Exception):
-    """The client disconnected before its answer was ready."""
 
 
 async def _wait_disconnect(request: Request) -> None:

@@ -29,7 +29,7 @@ MAX_BODY_BYTES = 1 << 20
 
 def error_response(err: ApiError) -> JSONResponse:
     """The OpenAI-shaped error response for `err`."""
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
 
 class ClosingStreamingResponse(StreamingResponse):

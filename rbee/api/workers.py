@@ -8,31 +8,47 @@ strict parser that names the field that is wrong.
 from __future__ import annotations
 
 import dataclasses
+import re
+import signal
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from rbee.errors import (
     ApiError,
     ConfigError,
+    HiveNotStartedError,
+    HiveUnavailableError,
     InsufficientMemoryError,
     ModelError,
     SelectionError,
+    SshError,
     UnknownModelError,
+    WorkerExistsError,
+    WorkerNotFoundError,
 )
 
 __all__ = [
+    "LIVE_STATES",
     "REPACK_SETTINGS",
     "WorkerInfo",
     "WorkerSpec",
     "WorkerState",
+    "exit_description",
     "parse_worker_info",
     "parse_worker_spec",
     "spawn_error",
+    "validate_worker_id",
 ]
 
-WorkerState = Literal["starting", "ready", "stopping", "exited"]
+WorkerState = Literal["starting", "ready", "restarting", "crash-loop", "stopping", "exited"]
+"""A worker's life: `starting` (loading, then one warm-up decode) → `ready`; an unexpected exit
+→ `restarting` (after a backoff) → `starting` again, or, after too many crashes, `crash-loop`
+(`error` says why) until `rbee worker restart`; `stopping` → `exited` when asked to stop."""
+LIVE_STATES: frozenset[str] = frozenset({"starting", "ready", "restarting"})
+"""States of a worker that serves now or is about to (a request may wait for it)."""
 REPACK_SETTINGS = ("auto", "on", "off")
 _MAX_CTX = 1 << 20
+_WORKER_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,79}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,16 @@ class WorkerInfo:
     """The model was loaded for embeddings: route `/v1/embeddings` here and nothing else."""
     note: str = ""
     """Why the hive passed over the preferred engine, when it did (set in spawn answers)."""
+    restarts: int = 0
+    """How many times the hive started it again after it exited unexpectedly (or was hung)."""
+    last_exit: str | None = None
+    """How its process last ended unexpectedly: a signal's name (SIGSEGV) or `exit N`."""
+    last_exit_at: float | None = None
+    error: str | None = None
+    """Why it is restarting or in crash-loop (the exit, what the hive saw, the log's last lines)."""
+    retry_at: float | None = None
+    """When a restarting worker is started again (epoch seconds)."""
+    cpu_repack: str = "auto"
 
     @property
     def url(self) -> str | None:
@@ -80,6 +106,27 @@ class WorkerInfo:
     def to_json(self, hive: str) -> dict[str, Any]:
         """The JSON the APIs answer with (the hive's name and the URL added)."""
         return {**dataclasses.asdict(self), "hive": hive, "url": self.url}
+
+
+def validate_worker_id(worker_id: Any) -> str:
+    """`worker_id` if it is a safe worker id (it names a log file), else ApiError 400."""
+    if not isinstance(worker_id, str) or not _WORKER_ID.fullmatch(worker_id) or ".." in worker_id:
+        raise ApiError(
+            400,
+            "id must be 1-80 of a-z 0-9 . _ - starting with a letter or digit",
+            param="id",
+        )
+    return worker_id
+
+
+def exit_description(code: int) -> str:
+    """A process's exit status as people read it: SIGSEGV for -11, `exit 1` for 1."""
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
 
 
 def parse_worker_spec(body: Any) -> WorkerSpec:
@@ -133,18 +180,40 @@ def parse_worker_info(raw: Any) -> WorkerInfo:
     for name in ("id", "model", "engine", "device", "log_path"):
         if name in fields and not isinstance(fields[name], str):
             raise ValueError(f"worker field {name!r} must be a string")
-    for name in ("pid", "port", "exit_code"):
+    for name in ("pid", "port", "exit_code", "restarts"):
         value = fields.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"worker field {name!r} must be an integer or null")
+    for name in ("last_exit", "error", "note", "cpu_repack"):
+        value = fields.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"worker field {name!r} must be a string or null")
+    for name in ("started_at", "last_exit_at", "retry_at"):
+        value = fields.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"worker field {name!r} must be a number or null")
     if not isinstance(fields.get("embeddings", False), bool):
         raise TypeError("worker field 'embeddings' must be true or false")
     return WorkerInfo(**fields)
 
 
 def spawn_error(err: Exception) -> ApiError:
-    """The HTTP error for a failed spawn: 404 unknown model, 400 bad input or an impossible
-    engine/device choice, 507 not enough memory, 500 worker failure."""
+    """The HTTP error for a failed worker operation: 404 unknown model, worker or hive; 409 a
+    worker with that id exists; 400 bad input or an impossible engine/device choice; 503 a hive
+    that cannot be reached now; 507 not enough memory; 500 worker failure."""
+    if isinstance(err, ApiError):
+        return err
+    if isinstance(err, WorkerNotFoundError):
+        return ApiError(404, str(err), param="worker_id", code="worker_not_found")
+    if isinstance(err, WorkerExistsError):
+        return ApiError(409, str(err), param="id", code="worker_exists")
+    if isinstance(err, HiveNotStartedError):
+        return ApiError(404, str(err), param="hive", code="hive_not_found")
+    if isinstance(err, HiveUnavailableError):
+        return ApiError(503, str(err), type="server_error", code="hive_unavailable",
+                        retry_after=5)  # fmt: skip
+    if isinstance(err, SshError):
+        return ApiError(502, str(err), type="server_error", code="hive_unreachable")
     if isinstance(err, UnknownModelError):
         return ApiError(404, str(err), param="model", code="model_not_found")
     if isinstance(err, ModelError):

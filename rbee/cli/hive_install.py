@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from rbee.api.jobs_client import queen_http
+from rbee.api.client import QueenClient
 from rbee.cli.jobs import run_job
 from rbee.cli.output import confirm, emit
 from rbee.config.hives import Hive, hives_path, load_hives
@@ -43,8 +43,8 @@ def hive_install(args: argparse.Namespace, paths: Paths) -> int:
     record = read_record(paths)
     url = args.queen or (record.url if record else None)
     if url is not None:
-        with queen_http(url, api_key=args.api_key) as http:
-            done = run_job(http, {"kind": "hive.install", "alias": args.alias})
+        with QueenClient(url, api_key=args.api_key) as client:
+            done = run_job(client, {"kind": "hive.install", "alias": args.alias})
         state = "is up to date" if done["up_to_date"] else "installed"
         emit(f"{done['alias']}: rbee {done['rbee_version']} {state} in {done['install_dir']} "
              f"({done['seconds']:.1f}s)")  # fmt: skip

@@ -114,7 +114,7 @@ def _queen_view(args: argparse.Namespace, paths: Paths, aliases: list[str]) -> d
         return views
     try:
         with QueenClient(url, api_key=args.api_key) as client:
-            hives = {h["name"]: h for h in client.request("GET", "/v1/hives")["data"]}
+            hives = {h["name"]: h for h in client.hives()}
             workers = client.workers()
             for alias, lines in views.items():
                 state = hives.get(alias)

@@ -8,24 +8,21 @@ import json
 import time
 from typing import Any
 
-import httpx
-
+from rbee.api.client import QueenClient
 from rbee.api.jobs import JobEvent
-from rbee.api.jobs_client import (
-    JobFailedError,
-    cancel_job,
-    get_job,
-    list_jobs,
-    queen_http,
-    stream_job,
-    submit_job,
-)
 from rbee.cli.output import LiveProgress, emit, live_progress, note, table
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
-from rbee.errors import QueenError
 from rbee.queen.record import read_record
 
-__all__ = ["job_cancel", "job_list", "job_watch", "render_event", "run_job", "watch_job"]
+__all__ = [
+    "job_cancel",
+    "job_list",
+    "job_watch",
+    "queen_client",
+    "render_event",
+    "run_job",
+    "watch_job",
+]
 
 
 def render_event(view: LiveProgress, event: JobEvent) -> None:
@@ -39,13 +36,13 @@ def render_event(view: LiveProgress, event: JobEvent) -> None:
         view.bar(event.message, event.done or 0, event.total)
 
 
-def watch_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
+def watch_job(client: QueenClient, job_id: str) -> dict[str, Any]:
     """Render a job's events until it ends; its result, or JobFailedError with its error.
 
     Ctrl+C stops watching only: the job keeps running, and the note says how to watch it again.
     """
     try:
-        with live_progress() as view, contextlib.closing(stream_job(http, job_id)) as events:
+        with live_progress() as view, contextlib.closing(client.stream_job(job_id)) as events:
             for event in events:
                 render_event(view, event)
     except KeyboardInterrupt:
@@ -54,42 +51,34 @@ def watch_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
             f"`rbee job watch {job_id}`, cancel it with `rbee job cancel {job_id}`)"
         )
         raise
-    job = get_job(http, job_id)
-    if job.get("state") == "succeeded":
-        result: dict[str, Any] = job.get("result") or {}
-        return result
-    if job.get("state") in ("failed", "cancelled"):
-        raise JobFailedError(job)
-    raise QueenError(
-        f"the stream of job {job_id} ended while the job is {job.get('state')}; "
-        f"watch it with `rbee job watch {job_id}`"
-    )
+    return client.job_result(job_id)
 
 
-def run_job(http: httpx.Client, operation: dict[str, Any]) -> dict[str, Any]:
+def run_job(client: QueenClient, operation: dict[str, Any]) -> dict[str, Any]:
     """Start `operation` as a job on the queen, render its progress, return its result."""
-    job = submit_job(http, operation)
-    return watch_job(http, str(job["job_id"]))
+    job = client.submit_job(operation)
+    return watch_job(client, str(job["job_id"]))
 
 
-def _http(args: argparse.Namespace, paths: Paths) -> httpx.Client:
+def queen_client(args: argparse.Namespace, paths: Paths) -> QueenClient:
+    """The client of the queen `--queen` names, else the running one, else the default URL."""
     record = read_record(paths)
     url = args.queen or (record.url if record else f"http://127.0.0.1:{DEFAULT_QUEEN_PORT}")
-    return queen_http(url, api_key=args.api_key)
+    return QueenClient(url, api_key=args.api_key)
 
 
 def job_watch(args: argparse.Namespace, paths: Paths) -> int:
     """`rbee job watch ID`: replay a job's events and follow it to its end."""
-    with _http(args, paths) as http:
-        result = watch_job(http, args.job_id)
+    with queen_client(args, paths) as client:
+        result = watch_job(client, args.job_id)
     emit(json.dumps(result, indent=2) if result else f"job {args.job_id} succeeded")
     return 0
 
 
 def job_list(args: argparse.Namespace, paths: Paths) -> int:
     """`rbee job list`: running and recently finished jobs."""
-    with _http(args, paths) as http:
-        jobs = list_jobs(http)
+    with queen_client(args, paths) as client:
+        jobs = client.list_jobs()
     if not jobs:
         emit("no jobs")
         return 0
@@ -112,7 +101,7 @@ def job_list(args: argparse.Namespace, paths: Paths) -> int:
 
 def job_cancel(args: argparse.Namespace, paths: Paths) -> int:
     """`rbee job cancel ID`: cancel a running job."""
-    with _http(args, paths) as http:
-        job = cancel_job(http, args.job_id)
+    with queen_client(args, paths) as client:
+        job = client.cancel_job(args.job_id)
     emit(f"job {job['job_id']} {job['state']}")
     return 0

@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     stop = worker_cmds.add_parser("stop", help="stop a worker")
     stop.add_argument("worker_id", metavar="ID")
     stop.set_defaults(handler=_lazy("remote", "worker_stop"))
+    restart = worker_cmds.add_parser(
+        "restart", help="start a worker again now (also ends a crash-loop) and wait until it serves"
+    )
+    restart.add_argument("worker_id", metavar="ID")
+    restart.set_defaults(handler=_lazy("remote", "worker_restart"))
     wrun = worker_cmds.add_parser("run", help="run a worker in the foreground (hives use this)")
     wrun.add_argument("--model", required=True)
     wrun.add_argument("--port", type=_port, default=0)

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rbee.cli.jobs import queen_client
 from rbee.cli.output import emit, fetch_progress, note, table
-from rbee.cli.remote import queen_client
 from rbee.config.settings import Paths
 from rbee.models.catalog import (
     CATALOG,

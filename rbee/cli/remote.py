@@ -6,27 +6,19 @@ import argparse
 import time
 from typing import Any
 
-from rbee.api.client import QueenClient
-from rbee.api.jobs_client import queen_http
-from rbee.cli.jobs import run_job
+from rbee.cli.jobs import queen_client, run_job
 from rbee.cli.output import emit, table
-from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
-from rbee.queen.record import read_record
+from rbee.config.settings import Paths
 
 __all__ = [
     "hive_start",
     "hive_stop",
     "infer",
     "worker_list",
+    "worker_restart",
     "worker_spawn",
     "worker_stop",
 ]
-
-
-def queen_client(args: argparse.Namespace, paths: Paths) -> QueenClient:
-    record = read_record(paths)
-    url = args.queen or (record.url if record else f"http://127.0.0.1:{DEFAULT_QUEEN_PORT}")
-    return QueenClient(url, api_key=args.api_key)
 
 
 def worker_spawn(args: argparse.Namespace, paths: Paths) -> int:
@@ -41,8 +33,8 @@ def worker_spawn(args: argparse.Namespace, paths: Paths) -> int:
         "embeddings": args.embeddings,
         "cpu_repack": args.cpu_repack,
     }
-    with queen_client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
-        info = run_job(http, {"kind": "worker.spawn", **body})
+    with queen_client(args, paths) as client:
+        info = run_job(client, {"kind": "worker.spawn", **body})
     serves = ", embeddings" if info.get("embeddings") else ""
     emit(
         f"worker {info['id']} ready: {info['model']} on {info['hive']} ({info['engine']}, "
@@ -60,7 +52,7 @@ def worker_list(args: argparse.Namespace, paths: Paths) -> int:
         return 0
     now = time.time()
     table(
-        ["ID", "HIVE", "MODEL", "ENGINE", "DEVICE", "STATE", "PID", "PORT", "UP"],
+        ["ID", "HIVE", "MODEL", "ENGINE", "DEVICE", "STATE", "PID", "UP", "RESTARTS", "LAST EXIT"],
         [
             [
                 w["id"],
@@ -69,14 +61,34 @@ def worker_list(args: argparse.Namespace, paths: Paths) -> int:
                 w["engine"],
                 w["device"],
                 w["state"],
-                w["pid"],
-                w["port"] or "-",
-                f"{now - w['started_at']:.0f}s",
+                w["pid"] or "-",
+                _ago(now, w.get("started_at")) if w.get("pid") else "-",
+                w.get("restarts", 0),
+                _last_exit(now, w),
             ]
             for w in workers
         ],
     )
+    for w in workers:
+        if w.get("error") and w["state"] in ("restarting", "crash-loop"):
+            emit(f"{w['id']}: {w['error']}")
     return 0
+
+
+def _ago(now: float, then: object) -> str:
+    if not isinstance(then, int | float) or not then:
+        return "-"
+    seconds = max(0.0, now - then)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def _last_exit(now: float, worker: dict[str, Any]) -> str:
+    how = worker.get("last_exit")
+    return f"{how} {_ago(now, worker.get('last_exit_at'))} ago" if how else "-"
 
 
 def worker_stop(args: argparse.Namespace, paths: Paths) -> int:
@@ -84,6 +96,14 @@ def worker_stop(args: argparse.Namespace, paths: Paths) -> int:
     with queen_client(args, paths) as client:
         info = client.stop_worker(args.worker_id)
     emit(f"worker {info['id']} stopped")
+    return 0
+
+
+def worker_restart(args: argparse.Namespace, paths: Paths) -> int:
+    """Start one worker again now (ending a crash-loop) and wait until it serves."""
+    with queen_client(args, paths) as client:
+        info = client.restart_worker(args.worker_id)
+    emit(f"worker {info['id']} ready again (pid {info['pid']}, {info['restarts']} restarts)")
     return 0
 
 
@@ -109,15 +129,15 @@ def infer(args: argparse.Namespace, paths: Paths) -> int:
 
 def hive_start(args: argparse.Namespace, paths: Paths) -> int:
     """Have the queen start a hive over SSH (a job), and wait until it serves."""
-    with queen_client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
-        hive = run_job(http, {"kind": "hive.start", "alias": args.alias})
+    with queen_client(args, paths) as client:
+        hive = run_job(client, {"kind": "hive.start", "alias": args.alias})
     emit(f"hive {hive['name']} running on {hive['host']} (pid {hive['pid']})")
     return 0
 
 
 def hive_stop(args: argparse.Namespace, paths: Paths) -> int:
     """Have the queen stop a hive (a job); its workers stop with it."""
-    with queen_client(args, paths) as client, queen_http(client.url, api_key=args.api_key) as http:
-        run_job(http, {"kind": "hive.stop", "alias": args.alias})
+    with queen_client(args, paths) as client:
+        run_job(client, {"kind": "hive.stop", "alias": args.alias})
     emit(f"hive {args.alias} stopped")
     return 0

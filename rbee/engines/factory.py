@@ -7,14 +7,13 @@ imported only here and only when chosen, so a hive without mlx or exllamav2 neve
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from rbee.engines.base import Engine
 from rbee.engines.fit import artifact_bytes, check_fits, estimate_need, mem_available
 from rbee.engines.repack import LLAMA_DEFAULT_REPACK, RepackChoice
-from rbee.errors import RbeeError, SelectionError
-from rbee.facts import NVIDIA_SMI_QUERY, parse_nvidia_smi
+from rbee.errors import SelectionError
+from rbee.facts import read_gpus
 from rbee.models.gguf import kv_cache_bytes
 
 __all__ = ["check_memory", "create_engine", "device_free_memory"]
@@ -25,14 +24,8 @@ def device_free_memory(device: str) -> int | None:
     if not device.startswith("cuda:"):
         return mem_available()  # the CPU, and Apple Silicon's unified memory
     index = int(device.split(":", 1)[1])
-    try:
-        out = subprocess.run(
-            NVIDIA_SMI_QUERY, capture_output=True, text=True, timeout=10, check=False
-        ).stdout
-        gpus = parse_nvidia_smi(out)
-    except (OSError, subprocess.SubprocessError, RbeeError):
-        return None
-    return next((g.vram_free for g in gpus if g.index == index), None)
+    gpus = read_gpus()
+    return next((g.vram_free for g in gpus or () if g.index == index), None)
 
 
 def check_memory(model: str, path: Path, device: str, n_ctx: int) -> None:

@@ -1,19 +1,19 @@
 """The hive's HTTP app (loopback on its machine; the queen reaches it through an SSH forward).
 
-    GET    /health             liveness, this machine's facts, the workers
-    GET    /v1/workers         every worker on this hive
-    POST   /v1/workers         {"model", "engine"?, "device"?, "ctx_size"?, "threads"?}
-    DELETE /v1/workers/{id}    stop one worker
-    GET    /v1/models          the models in this hive's store, each artifact per format
-
-The worker routes are shared with the queen's app in integrated mode, where the queen runs its
-local hive in-process.
+GET    /health                      liveness, this machine's facts, the workers
+GET    /v1/models                   the models in this hive's store, each artifact per format
+GET    /v1/workers                  every worker on this hive     } rbee.api.worker_routes,
+POST   /v1/workers                  {"model", "id"?, "engine"?,   } shared with the queen
+                                     "device"?, "ctx_size"?, ...}  }
+DELETE /v1/workers/{id}             stop one worker               }
+POST   /v1/workers/{id}/restart     start one worker again        }
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,50 +21,45 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee import __version__
-from rbee.api.http import EXCEPTION_HANDLERS, read_json
-from rbee.api.workers import parse_worker_spec, spawn_error
-from rbee.errors import ApiError, RbeeError, WorkerError
+from rbee.api.http import EXCEPTION_HANDLERS
+from rbee.api.worker_routes import worker_routes
+from rbee.api.workers import parse_worker_spec, validate_worker_id
 from rbee.hive.service import HiveService
 
-__all__ = ["create_app", "worker_routes"]
+__all__ = ["HiveWorkers", "create_app"]
+
+
+class HiveWorkers:
+    """The worker admin of one hive (rbee.api.worker_routes.WorkerAdmin)."""
+
+    def __init__(self, hive: HiveService) -> None:
+        self.hive = hive
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        """Every worker on this hive."""
+        return [w.to_json(self.hive.name) for w in self.hive.workers()]
+
+    async def spawn_worker(self, body: Any) -> dict[str, Any]:
+        """Start a worker (`id` names it; the queen's desired state does) and wait."""
+        spec = parse_worker_spec(body)
+        worker_id = body.get("id")
+        if worker_id is not None:
+            validate_worker_id(worker_id)
+        info = await self.hive.spawn(spec, worker_id)
+        return info.to_json(self.hive.name)
+
+    async def stop_worker(self, worker_id: str) -> dict[str, Any]:
+        """Stop one worker."""
+        return (await self.hive.stop(worker_id)).to_json(self.hive.name)
+
+    async def restart_worker(self, worker_id: str) -> dict[str, Any]:
+        """Start one worker again."""
+        return (await self.hive.restart(worker_id)).to_json(self.hive.name)
 
 
 def _hive(request: Request) -> HiveService:
     hive: HiveService = request.app.state.hive
     return hive
-
-
-async def list_workers(request: Request) -> Response:
-    hive = _hive(request)
-    return JSONResponse({"object": "list", "data": [w.to_json(hive.name) for w in hive.workers()]})
-
-
-async def spawn_worker(request: Request) -> Response:
-    hive = _hive(request)
-    spec = parse_worker_spec(await read_json(request))
-    try:
-        info = await hive.spawn(spec)
-    except RbeeError as err:
-        raise spawn_error(err) from err
-    return JSONResponse(info.to_json(hive.name), status_code=201)
-
-
-async def stop_worker(request: Request) -> Response:
-    hive = _hive(request)
-    try:
-        info = await hive.stop(request.path_params["worker_id"])
-    except WorkerError as err:
-        raise ApiError(404, str(err), param="worker_id", code="worker_not_found") from err
-    return JSONResponse(info.to_json(hive.name))
-
-
-def worker_routes() -> list[Route]:
-    """The worker admin routes over `app.state.hive`."""
-    return [
-        Route("/v1/workers", list_workers, methods=["GET"]),
-        Route("/v1/workers", spawn_worker, methods=["POST"]),
-        Route("/v1/workers/{worker_id}", stop_worker, methods=["DELETE"]),
-    ]
 
 
 async def health(request: Request) -> Response:
@@ -96,4 +91,5 @@ def create_app(hive: HiveService) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.hive = hive
+    app.state.worker_admin = HiveWorkers(hive)
     return app

@@ -5,7 +5,8 @@ its stdin every few seconds. The hive stops (its workers first, TERM then KILL) 
 happens: SIGHUP (the PTY hung up: the SSH connection closed), EOF on stdin (the channel closed),
 no heartbeat within the lease (the network went silent, which sshd may not notice for minutes),
 SIGTERM or SIGINT. Once its port is open it prints one JSON line, `{"event": "ready", "port": N,
-"pid": P}`, on stdout.
+"pid": P}`, on stdout, and then one line `{"event": "worker", "worker": {...}}` whenever a
+worker's state changes (started, ready, crashed, restarting, crash-loop, stopped).
 
 The lease is a promise: everything the hive started is gone within LEASE seconds of the last
 heartbeat. So the hive starts stopping `STOP_BUDGET` seconds before the lease ends, and on a lapsed
@@ -25,6 +26,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from rbee.api.workers import WorkerInfo
 from rbee.config.hive_keys import DEFAULT_HIVE_PORT
 from rbee.config.settings import Paths, Timeouts
 from rbee.hive.app import create_app
@@ -62,7 +64,11 @@ def run_hive(paths: Paths, options: HiveOptions, timeouts: Timeouts = Timeouts()
 async def _serve(
     paths: Paths, options: HiveOptions, timeouts: Timeouts, sock: socket.socket
 ) -> int:
-    async with HiveService(paths, timeouts, name=options.name) as hive:
+    def report(info: WorkerInfo) -> None:
+        # The queen reads these lines on the SSH session it holds: it knows of a crash at once.
+        _say({"event": "worker", "worker": info.to_json(options.name)})
+
+    async with HiveService(paths, timeouts, name=options.name, on_change=report) as hive:
         server = uvicorn_server(create_app(hive), graceful=timeouts.stop_grace)
         async with asyncio.TaskGroup() as tg:
             side_tasks = [tg.create_task(_announce_ready(server, sock))]
@@ -81,10 +87,14 @@ async def _announce_ready(server: Server, sock: socket.socket) -> None:
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for "started"
         await asyncio.sleep(0.005)
     port = sock.getsockname()[1]
-    line = json.dumps({"event": "ready", "port": port, "pid": os.getpid()})
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    _say({"event": "ready", "port": port, "pid": os.getpid()})
     log.info("hive serving on 127.0.0.1:%d", port)
+
+
+def _say(event: dict[str, object]) -> None:
+    """One JSON line on stdout, for the queen (one write, so no log line splits it)."""
+    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
 
 
 async def _hold_lease(server: Server, hive: HiveService, lease: float) -> None:

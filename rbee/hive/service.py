@@ -15,13 +15,23 @@ from types import TracebackType
 from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.factory import check_memory
-from rbee.facts import Facts, local_facts
+from rbee.engines.fit import mem_available
+from rbee.errors import WorkerExistsError
+from rbee.facts import Facts, local_facts, read_gpus
 from rbee.hive.supervisor import Supervisor
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore, StoredModel
 from rbee.placement import model_formats, place
 
 __all__ = ["HiveService"]
+
+
+def _refreshed(facts: Facts) -> Facts:
+    """`facts` with free memory and free VRAM read again (blocking: nvidia-smi)."""
+    gpus = read_gpus() if facts.gpus else None
+    return dataclasses.replace(
+        facts, mem_available=mem_available() or facts.mem_available, gpus=gpus or facts.gpus
+    )
 
 
 class HiveService:
@@ -62,17 +72,23 @@ class HiveService:
         return self.store.list()
 
     async def facts(self) -> Facts:
-        """This machine's hardware facts (gathered once, off the event loop)."""
+        """This machine's facts: what it is, read once; what moves (free memory and VRAM), now.
+
+        Placement decides from these, so each spawn sees the memory earlier ones took.
+        """
         if self._facts is None:
             self._facts = await asyncio.to_thread(local_facts)
-        return self._facts
+        return await asyncio.to_thread(_refreshed, self._facts)
 
-    async def spawn(self, spec: WorkerSpec) -> WorkerInfo:
+    async def spawn(self, spec: WorkerSpec, worker_id: str | None = None) -> WorkerInfo:
         """Pick the engine and device, fetch the artifact if needed, start the worker, wait.
 
         Everything that can be refused (unknown model, an engine or device this hive cannot
-        run) is refused before anything is fetched or started.
+        run) is refused before anything is fetched or started. `worker_id` names the worker
+        (the queen's desired state does); by default the hive picks `MODEL-N`.
         """
+        if worker_id is not None and self.supervisor.get(worker_id) is not None:
+            raise WorkerExistsError(f"a worker {worker_id!r} already runs on hive {self.name}")
         formats = await asyncio.to_thread(model_formats, self.store, spec.model)
         spec, choice = place(spec, await self.facts(), formats, hive=self.name)
         stored = await asyncio.to_thread(ensure_model, self.store, spec.model, fmt=choice.format)
@@ -81,9 +97,13 @@ class HiveService:
             await asyncio.to_thread(
                 check_memory, spec.model, artifact.path, spec.device, spec.ctx_size
             )
-        info = await self.supervisor.spawn(spec)
+        info = await self.supervisor.spawn(spec, worker_id)
         return dataclasses.replace(info, note=choice.note) if choice.note else info
 
     async def stop(self, worker_id: str) -> WorkerInfo:
         """Stop one worker (TERM, then KILL after the grace period)."""
         return await self.supervisor.stop(worker_id)
+
+    async def restart(self, worker_id: str) -> WorkerInfo:
+        """Start one worker again now, ending a crash-loop; wait until it serves."""
+        return await self.supervisor.restart(worker_id)

@@ -1,11 +1,14 @@
 """The queen's admin API: workers on every hive, and the hives themselves.
 
-GET    /v1/workers              every worker on every hive (`ID@hive` ids for remote ones)
-    POST   /v1/workers              {"model", "hive"?, "engine"?, "device"?, "ctx_size"?, …}
-DELETE /v1/workers/{id}         stop one worker
-GET    /v1/hives                this machine's hive and every remote hive started
-POST   /v1/hives/{alias}/start  connect over SSH, start the hive, wait until it serves
-POST   /v1/hives/{alias}/stop   stop the hive and everything it runs
+The worker routes are rbee.api.worker_routes, shared with the hives; here they act on every hive:
+GET    /v1/workers                 every worker on every hive (`ID@hive` ids for remote ones)
+POST   /v1/workers                 {"model", "hive"?, "engine"?, "device"?, "ctx_size"?, …}
+DELETE /v1/workers/{id}            stop one worker, for good
+POST   /v1/workers/{id}/restart    start one worker again now (also ends a crash-loop)
+GET    /v1/hives                   this machine's hive and every remote hive started
+GET    /v1/hives/{alias}/models    the models in a hive's store
+POST   /v1/hives/{alias}/start     connect over SSH, start the hive, wait until it serves
+POST   /v1/hives/{alias}/stop      stop the hive and everything it runs
 """
 
 from __future__ import annotations
@@ -19,57 +22,65 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rbee.api.http import read_json
 from rbee.api.workers import WorkerInfo, parse_worker_spec, spawn_error
-from rbee.errors import ApiError, ConfigError, RbeeError, SshError, WorkerError
+from rbee.errors import ApiError, ConfigError, RbeeError, SshError
 from rbee.queen.registry import LOCAL_HIVE
 from rbee.queen.service import Queen
 
-__all__ = ["admin_routes"]
+__all__ = ["QueenWorkers", "admin_routes", "check_hive_alias"]
 
 _ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_hive_alias(value: Any) -> str:
+    """A hive alias from a request body; 400 naming the field if it cannot be one."""
+    hive = value or LOCAL_HIVE
+    if not isinstance(hive, str) or not _ALIAS.fullmatch(hive):
+        raise ApiError(400, "hive must be a hive alias from hives.conf", param="hive")
+    return hive
+
+
+class QueenWorkers:
+    """The worker admin of every hive (rbee.api.worker_routes.WorkerAdmin)."""
+
+    def __init__(self, queen: Queen) -> None:
+        self.queen = queen
+
+    def worker_json(self, hive: str, info: WorkerInfo) -> dict[str, Any]:
+        """A worker as the queen's API shows it: queen-wide id, live request counters."""
+        out = info.to_json(hive)
+        if hive != LOCAL_HIVE:
+            out["id"] = f"{info.id}@{hive}"
+        endpoint = self.queen.registry.endpoint(hive, info.id)
+        out["outstanding"] = endpoint.outstanding if endpoint else 0
+        out["dispatched"] = endpoint.dispatched if endpoint else 0
+        return out
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        """Every worker on every hive."""
+        return [self.worker_json(h, w) for h, w in self.queen.workers()]
+
+    async def spawn_worker(self, body: Any) -> dict[str, Any]:
+        """Start a worker on the hive the body names (this machine by default)."""
+        spec = parse_worker_spec(body)
+        hive = check_hive_alias(body.get("hive"))
+        name, info = await self.queen.spawn(spec, hive)
+        return self.worker_json(name, info)
+
+    async def stop_worker(self, worker_id: str) -> dict[str, Any]:
+        """Stop one worker, for good."""
+        name, info = await self.queen.stop_worker(worker_id)
+        return self.worker_json(name, info)
+
+    async def restart_worker(self, worker_id: str) -> dict[str, Any]:
+        """Start one worker again now."""
+        name, info = await self.queen.restart_worker(worker_id)
+        return self.worker_json(name, info)
 
 
 def _queen(request: Request) -> Queen:
     queen: Queen = request.app.state.queen
     return queen
-
-
-def _worker_json(queen: Queen, hive: str, info: WorkerInfo) -> dict[str, Any]:
-    out = info.to_json(hive)
-    if hive != LOCAL_HIVE:
-        out["id"] = f"{info.id}@{hive}"
-    endpoint = queen.registry.endpoint(hive, info.id)
-    out["outstanding"] = endpoint.outstanding if endpoint else 0
-    out["dispatched"] = endpoint.dispatched if endpoint else 0
-    return out
-
-
-async def list_workers(request: Request) -> Response:
-    queen = _queen(request)
-    workers = queen.workers()
-    return JSONResponse({"object": "list", "data": [_worker_json(queen, h, w) for h, w in workers]})
-
-
-async def spawn_worker(request: Request) -> Response:
-    body = await read_json(request)
-    spec = parse_worker_spec(body)
-    hive = body.get("hive") or LOCAL_HIVE
-    if not isinstance(hive, str) or not _ALIAS.fullmatch(hive):
-        raise ApiError(400, "hive must be a hive alias from hives.conf", param="hive")
-    try:
-        name, info = await _queen(request).spawn(spec, hive)
-    except RbeeError as err:
-        raise spawn_error(err) from err
-    return JSONResponse(_worker_json(_queen(request), name, info), status_code=201)
-
-
-async def stop_worker(request: Request) -> Response:
-    try:
-        name, info = await _queen(request).stop_worker(request.path_params["worker_id"])
-    except WorkerError as err:
-        raise ApiError(404, str(err), param="worker_id", code="worker_not_found") from err
-    return JSONResponse(_worker_json(_queen(request), name, info))
 
 
 async def list_hives(request: Request) -> Response:
@@ -78,19 +89,21 @@ async def list_hives(request: Request) -> Response:
              "workers": len(queen.hive.workers()), "last_error": None,
              "facts": dataclasses.asdict(await queen.hive.facts())}  # fmt: skip
     remote = [h.describe() for h in queen.fleet.hives()]
-    return JSONResponse({"object": "list", "data": [local, *remote]})
+    return JSONResponse(
+        {"object": "list", "data": [local, *remote, *queen.fleet.describe_unlaunchable()]}
+    )
 
 
 async def hive_models(request: Request) -> Response:
     alias = request.path_params["alias"]
     queen = _queen(request)
-    if alias == LOCAL_HIVE:
-        models = [m.describe() for m in queen.hive.models()]
-    else:
-        try:
+    try:
+        if alias == LOCAL_HIVE:
+            models = [m.describe() for m in queen.hive.models()]
+        else:
             models = await queen.fleet.get(alias).models()
-        except WorkerError as err:
-            raise ApiError(404, str(err), param="alias", code="hive_not_found") from err
+    except RbeeError as err:
+        raise spawn_error(err) from err
     return JSONResponse({"object": "list", "hive": alias, "data": models})
 
 
@@ -107,20 +120,16 @@ async def start_hive(request: Request) -> Response:
 
 async def stop_hive(request: Request) -> Response:
     alias = request.path_params["alias"]
-    queen = _queen(request)
     try:
-        await queen.fleet.stop(alias)
-    except WorkerError as err:
-        raise ApiError(404, str(err), param="alias", code="hive_not_found") from err
+        await _queen(request).fleet.stop(alias)
+    except RbeeError as err:
+        raise spawn_error(err) from err
     return JSONResponse({"name": alias, "state": "stopped"})
 
 
 def admin_routes() -> list[Route]:
-    """The admin routes over `app.state.queen`."""
+    """The hive routes over `app.state.queen` (the worker routes are rbee.api.worker_routes)."""
     return [
-        Route("/v1/workers", list_workers, methods=["GET"]),
-        Route("/v1/workers", spawn_worker, methods=["POST"]),
-        Route("/v1/workers/{worker_id}", stop_worker, methods=["DELETE"]),
         Route("/v1/hives", list_hives, methods=["GET"]),
         Route("/v1/hives/{alias}/models", hive_models, methods=["GET"]),
         Route("/v1/hives/{alias}/start", start_hive, methods=["POST"]),

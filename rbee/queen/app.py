@@ -1,6 +1,7 @@
 """The queen's HTTP app: the OpenAI endpoint for every model on every hive, and the admin API.
 
-GET    /health                      liveness and a summary
+GET    /health                      liveness, a summary, and `degraded` with the problems (a
+                                     desired worker missing, restarting or in crash-loop)
 GET    /v1/models                   models with at least one ready worker
 POST   /v1/chat/completions         routed to a worker, streamed token by token
 POST   /v1/completions              same, for text completions
@@ -9,6 +10,7 @@ GET    /v1/workers                  every worker the queen started
 POST   /v1/workers                  {"model", "engine"?, "device"?, "ctx_size"?, "threads"?,
                                      "embeddings"?}
 DELETE /v1/workers/{id}             stop one worker
+POST   /v1/workers/{id}/restart     start one worker again
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from rbee.api.openai import (
     parse_completion_request,
     parse_embedding_request,
 )
+from rbee.api.worker_routes import worker_routes
 from rbee.errors import ApiError
-from rbee.queen.admin import admin_routes
-from rbee.queen.job_ops import JOB_RUNNERS
+from rbee.queen.admin import QueenWorkers, admin_routes
+from rbee.queen.job_ops import JOB_CHECKS, JOB_RUNNERS
 from rbee.queen.jobs_routes import job_routes
 from rbee.queen.service import LOCAL_HIVE, Queen
 
@@ -51,9 +54,10 @@ def _queen(request: Request) -> Queen:
 async def health(request: Request) -> Response:
     queen = _queen(request)
     workers = [w for _, w in queen.workers()]
+    problems = queen.problems()
     return JSONResponse(
         {
-            "status": "ok",
+            "status": "degraded" if problems else "ok",
             "role": "queen",
             "version": __version__,
             "pid": os.getpid(),
@@ -63,6 +67,7 @@ async def health(request: Request) -> Response:
                 "ready": sum(1 for w in workers if w.state == "ready"),
             },
             "models": list(queen.registry.served_models()),
+            "problems": problems,
         }
     )
 
@@ -82,10 +87,10 @@ def _generation_route(
         raw = await read_body(request)
         parsed = parse(parse_json(raw))
         served = queen.registry.served_models(embeddings=False)
-        context = served.get(parsed.model)
+        context = served.get(parsed.model) or queen.known_models(embeddings=False).get(parsed.model)
         if context is None:
             name = parsed.model[:100]
-            if parsed.model in queen.registry.served_models(embeddings=True):
+            if parsed.model in queen.known_models(embeddings=True):
                 message = (
                     f"the model {name!r} has only workers loaded for embeddings (--embeddings); "
                     f"start one for chat and completions with `rbee worker spawn --model {name}`"
@@ -117,9 +122,9 @@ async def embeddings(request: Request) -> Response:
     queen = _queen(request)
     raw = await read_body(request)
     parsed = parse_embedding_request(parse_json(raw))
-    if parsed.model not in queen.registry.served_models(embeddings=True):
+    if parsed.model not in queen.known_models(embeddings=True):
         name = parsed.model[:100]
-        if parsed.model in queen.registry.served_models(embeddings=False):
+        if parsed.model in queen.known_models(embeddings=False):
             where = f"the model {name!r} has no worker loaded for embeddings"
         else:
             loaded = ", ".join(queen.registry.served_models(embeddings=True)) or "none"
@@ -157,6 +162,7 @@ def create_app(queen: Queen) -> Starlette:
                 methods=["POST"],
             ),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            *worker_routes(),
             *admin_routes(),
             *job_routes(),
         ],
@@ -164,6 +170,8 @@ def create_app(queen: Queen) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.queen = queen
+    app.state.worker_admin = QueenWorkers(queen)
     app.state.jobs = queen.jobs
     app.state.job_runners = JOB_RUNNERS
+    app.state.job_checks = JOB_CHECKS
     return app

@@ -1,9 +1,11 @@
 """Running the queen: in the foreground (`rbee up`, `rbee queen run`) or as a daemon.
 
 The foreground queen binds its port first (so "port in use" is said before any model loads), then
-enters the Queen (local hive, workers), then serves. SIGINT/SIGTERM stop the server, and leaving the
-Queen stops every worker, TERM then KILL. The daemon is the same process started detached, with
-`run/queen.json` ({"pid", "url"}) as its pid file and `logs/queen.log` as its log.
+enters the Queen (local hive, workers), then serves. SIGINT/SIGTERM stop the server: new requests
+get 503, those in flight get the grace period to finish, and streams still open then end with an
+error event and `[DONE]`; leaving the Queen stops every worker, TERM then KILL. The daemon is the
+same process started detached, with `run/queen.json` ({"pid", "url"}) as its pid file and
+`logs/queen.log` as its log.
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ async def _serve(
 ) -> int:
     async with Queen(paths, options, timeouts) as queen:
         server = uvicorn_server(create_app(queen), graceful=timeouts.stop_grace)
+
+        async def drain() -> None:
+            await queen.relay.drain(timeouts.stop_grace)
+
+        server.before_shutdown = drain
         async with asyncio.TaskGroup() as tg:
             ready = tg.create_task(
                 _when_started(server, paths, options=options, url=url, on_ready=on_ready)

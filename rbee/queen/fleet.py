@@ -1,4 +1,8 @@
-"""The hives the queen runs on other machines: each one a long task in the fleet's task group."""
+"""The hives the queen runs on other machines: each one a long task in the fleet's task group.
+
+Which hives run is the desired state's (rbee.queen.desired): starting a hive adds it there,
+stopping one removes it, and a queen that starts again launches every hive it lists.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,14 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.hives import load_hives
 from rbee.config.settings import Timeouts
-from rbee.errors import ConfigError, RbeeError, WorkerError
+from rbee.errors import ConfigError, HiveNotStartedError, RbeeError
 from rbee.models.store import ModelStore
-from rbee.queen.desired import load_desired, save_desired
-from rbee.queen.remote import RemoteHive
+from rbee.queen.desired import DesiredState
+from rbee.queen.remote import OnChange, RemoteHive
 
 __all__ = ["Fleet"]
 
@@ -30,34 +34,39 @@ class Fleet:
         *,
         hives_conf: Path | None,
         store: ModelStore,
-        on_change: Callable[[str, WorkerInfo, str | None], None],
+        desired: DesiredState,
+        on_change: OnChange,
+        on_state: Callable[[str], None] | None = None,
         command: Sequence[str] | None = None,
         lease: float = 15.0,
-        state_path: Path | None = None,
     ) -> None:
         self._timeouts = timeouts
         self._conf = hives_conf
         self._store = store
+        self._desired = desired
         self._on_change = on_change
+        self._on_state = on_state
         self._command = command
         self._lease = lease
         self._hives: dict[str, RemoteHive] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
-        self._state_path = state_path
+        self.unlaunchable: dict[str, str] = {}
+        """Hives the desired state wants that cannot be started (not in hives.conf any more)."""
 
     async def __aenter__(self) -> Fleet:
         if self._tg is not None:
             raise RbeeError("a Fleet cannot be reopened")
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
-        if self._state_path is not None and self._conf is not None:
-            for alias, specs in load_desired(self._state_path).items():
-                log.info("%s: restarting (desired state), with %d worker(s)", alias, len(specs))
-                try:
-                    self._launch(alias, specs)
-                except ConfigError as err:
-                    log.warning("%s: cannot restart: %s", alias, err)
+        for alias in self._desired.remote_hives():
+            workers = len(self._desired.workers(alias))
+            log.info("%s: starting again (desired state), with %d worker(s)", alias, workers)
+            try:
+                self._launch(alias)
+            except ConfigError as err:
+                self.unlaunchable[alias] = str(err)
+                log.warning("%s: cannot start: %s", alias, err)
         return self
 
     async def __aexit__(
@@ -75,14 +84,33 @@ class Fleet:
         """The remote hives started so far (running, reconnecting or stopped)."""
         return list(self._hives.values())
 
+    def running(self) -> dict[str, RemoteHive]:
+        """The hives started and not stopped, by alias."""
+        return {a: h for a, h in self._hives.items() if a in self._tasks}
+
+    def describe_unlaunchable(self) -> list[dict[str, Any]]:
+        """The hives wanted but not startable, as /v1/hives lists hives."""
+        return [
+            {
+                "name": a,
+                "host": None,
+                "state": "error",
+                "pid": None,
+                "workers": 0,
+                "last_error": why,
+                "facts": None,
+            }
+            for a, why in self.unlaunchable.items()
+        ]
+
     def get(self, alias: str) -> RemoteHive:
-        """A started hive; WorkerError if `alias` was not started."""
+        """A started hive; HiveNotStartedError (saying how to start it) if not."""
         hive = self._hives.get(alias)
-        if hive is None or hive.state == "stopped":
-            started = ", ".join(a for a, h in self._hives.items() if h.state != "stopped")
-            raise WorkerError(
+        if hive is None or alias not in self._tasks:
+            started = ", ".join(self.running()) or "none"
+            raise HiveNotStartedError(
                 f"hive {alias!r} is not started (start it with `rbee hive start {alias}`; "
-                f"started: {started or 'none'})"
+                f"started: {started})"
             )
         return hive
 
@@ -91,10 +119,11 @@ class Fleet:
         if self._conf is None:
             raise ConfigError("the queen has no hives.conf (start it with --hives PATH)")
         current = self._hives.get(alias)
-        if current is not None and current.state != "stopped":
+        if current is not None and alias in self._tasks:
             await current.wait_running(self._timeouts.worker_ready)
             return current
-        hive = self._launch(alias, [])
+        hive = self._launch(alias)
+        self._desired.add_hive(alias)
         try:
             await hive.wait_running(self._timeouts.worker_ready)
         except BaseException:
@@ -102,7 +131,7 @@ class Fleet:
             raise
         return hive
 
-    def _launch(self, alias: str, desired: list[WorkerSpec]) -> RemoteHive:
+    def _launch(self, alias: str) -> RemoteHive:
         """Create the hive's handle and start its life task (without waiting for it)."""
         if self._conf is None:
             raise ConfigError("the queen has no hives.conf (start it with --hives PATH)")
@@ -114,31 +143,24 @@ class Fleet:
             command=self._command,
             lease=self._lease,
             on_change=self._on_change,
+            on_state=self._on_state,
             store=self._store,
-            desired=desired,
-            on_desired=self._save,
             config_text=config.asyncssh_text(alias),
         )
         assert self._tg is not None
         self._hives[alias] = hive
         self._tasks[alias] = self._tg.create_task(hive.run(), name=f"hive-{alias}")
-        self._save()
+        self.unlaunchable.pop(alias, None)
         return hive
-
-    def _save(self) -> None:
-        if self._state_path is None:
-            return
-        wanted = {a: h.desired for a, h in self._hives.items() if a in self._tasks}
-        save_desired(self._state_path, wanted)
 
     async def stop(self, alias: str) -> None:
         """Stop `alias`'s hive (and so its workers) and wait until its task ends."""
-        hive = self._hives.get(alias)
-        if hive is None:
-            raise WorkerError(f"hive {alias!r} was not started")
+        self._desired.remove_hive(alias)
+        if self.unlaunchable.pop(alias, None) is not None:
+            return
+        hive = self.get(alias)
         hive.request_stop()
         task = self._tasks.pop(alias, None)
-        self._save()
         if task is not None:
             try:
                 async with asyncio.timeout(3 * self._timeouts.stop_grace + 5):

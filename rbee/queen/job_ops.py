@@ -1,9 +1,15 @@
-"""The runners of rbee's job kinds; the queen installs `JOB_RUNNERS` as `app.state.job_runners`."""
+"""The runners of rbee's job kinds, and the checks each job's input passes before it is accepted.
+
+The queen installs `JOB_RUNNERS` as `app.state.job_runners` and `JOB_CHECKS` as
+`app.state.job_checks`: `POST /v1/jobs` answers 400/404 at once for an operation that cannot
+work (an unknown model or hive, an impossible engine), as the admin API does, instead of 202 and
+a job that fails later.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -11,13 +17,18 @@ from rbee.api.jobs import HiveAction, WorkerSpawn
 from rbee.config.hives import load_hives
 from rbee.errors import ConfigError
 from rbee.models.sources import ensure_model
+from rbee.queen.admin import QueenWorkers
 from rbee.queen.jobs import Progress, Runner, RunnerFactory
 from rbee.queen.service import LOCAL_HIVE, Queen
 from rbee.ssh.connection import HiveConnection
 from rbee.ssh.install import StepEvent, install_hive
 from rbee.ssh.wheelhouse import Target, Wheelhouse, build_wheelhouse, extra_dirs_from_env
 
-__all__ = ["JOB_RUNNERS", "hive_install", "hive_start", "hive_stop", "worker_spawn"]
+__all__ = ["JOB_CHECKS", "JOB_RUNNERS", "JobCheck", "hive_install", "hive_start", "hive_stop",
+           "worker_spawn"]  # fmt: skip
+
+JobCheck = Callable[[Any, Any], Awaitable[None]]
+"""Checks a parsed operation against the app's state; raises an RbeeError if it cannot work."""
 
 
 def worker_spawn(operation: Any, state: Any) -> Runner:
@@ -47,7 +58,7 @@ def worker_spawn(operation: Any, state: Any) -> Runner:
         progress.step(3, 3, "starting worker…")
         hive, info = await queen.spawn(placed, target)
         progress.log(f"worker {info.id} ready on {hive} (pid {info.pid}, port {info.port})")
-        return info.to_json(hive)
+        return QueenWorkers(queen).worker_json(hive, info)
 
     return run
 
@@ -111,6 +122,38 @@ def hive_install(operation: Any, state: Any) -> Runner:
                 "uploaded_files": result.uploaded_files, "seconds": result.seconds}  # fmt: skip
 
     return run
+
+
+async def check_worker_spawn(operation: Any, state: Any) -> None:
+    """The model exists, the hive is started and reachable, the engine and device can work."""
+    queen: Queen = state.queen
+    await queen.place(operation.spec, operation.hive or LOCAL_HIVE)
+
+
+async def check_hive_in_config(operation: Any, state: Any) -> None:
+    """The alias is in the queen's hives.conf."""
+    queen: Queen = state.queen
+    conf = queen.options.hives_conf
+    if conf is None:
+        raise ConfigError("the queen has no hives.conf (start it with --hives PATH)")
+    load_hives(conf).get(operation.alias)
+
+
+async def check_hive_started(operation: Any, state: Any) -> None:
+    """The hive was started."""
+    queen: Queen = state.queen
+    queen.fleet.get(operation.alias)
+
+
+JOB_CHECKS: Mapping[str, JobCheck] = MappingProxyType(
+    {
+        WorkerSpawn.kind: check_worker_spawn,
+        "hive.install": check_hive_in_config,
+        "hive.start": check_hive_in_config,
+        "hive.stop": check_hive_started,
+    }
+)
+"""Input checks by operation kind (run before a job is accepted)."""
 
 
 JOB_RUNNERS: Mapping[str, RunnerFactory] = MappingProxyType(

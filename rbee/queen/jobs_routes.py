@@ -1,6 +1,7 @@
 """The jobs API, over `app.state.jobs` (a JobManager) and `app.state.job_runners`.
 
-POST   /v1/jobs                 {"operation": {"kind", ...}} → 202 {"job_id", "kind", "state"}
+POST   /v1/jobs                 {"operation": {"kind", ...}} → 202 {"job_id", "kind", "state"};
+                                4xx at once if the operation cannot work (its kind's check)
 GET    /v1/jobs                 every running and recently finished job
 GET    /v1/jobs/{id}            state, result or error, event count
 GET    /v1/jobs/{id}/stream     SSE: history then live events, `data: [DONE]` after the last
@@ -22,7 +23,8 @@ from starlette.routing import Route
 from rbee.api import sse
 from rbee.api.http import ClosingStreamingResponse, read_json
 from rbee.api.jobs import OPERATION_PARSERS, OperationParser, parse_operation
-from rbee.errors import ApiError
+from rbee.api.workers import spawn_error
+from rbee.errors import ApiError, RbeeError
 from rbee.queen.jobs import Job, JobManager, RunnerFactory
 
 __all__ = ["job_routes"]
@@ -79,6 +81,12 @@ def job_routes(parsers: Mapping[str, OperationParser] = OPERATION_PARSERS) -> li
         runners: Mapping[str, RunnerFactory] = request.app.state.job_runners
         accepted = {kind: parse for kind, parse in parsers.items() if kind in runners}
         operation = parse_operation(await read_json(request), accepted)
+        check = getattr(request.app.state, "job_checks", {}).get(operation.kind)
+        if check is not None:
+            try:
+                await check(operation, request.app.state)
+            except RbeeError as err:
+                raise spawn_error(err) from err
         runner = runners[operation.kind](operation, request.app.state)
         job = _manager(request).submit(operation, runner)
         return JSONResponse(

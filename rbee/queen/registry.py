@@ -6,6 +6,9 @@ which workers can take a request names the capability it needs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from rbee.api.workers import WorkerInfo
@@ -34,6 +37,11 @@ class Endpoint:
         return self.info.id if self.hive == LOCAL_HIVE else f"{self.info.id}@{self.hive}"
 
     @property
+    def attempt(self) -> str:
+        """This worker in this life: a restarted worker (new pid) may be tried again."""
+        return f"{self.id}#{self.info.pid}"
+
+    @property
     def url(self) -> str:
         """The worker's base URL."""
         url = self.forward_url or self.info.url
@@ -42,23 +50,46 @@ class Endpoint:
 
 
 class Registry:
-    """Workers by id; hives report changes, the router asks for candidates."""
+    """Workers by id, in every state but exited; hives report changes, the router asks for
+    candidates, and a request waiting for a worker waits for the next change."""
 
     def __init__(self) -> None:
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
+        self._changed = asyncio.Event()
 
     def update(self, hive: str, info: WorkerInfo, forward_url: str | None = None) -> None:
-        """Record a worker's new state (an exited worker is forgotten)."""
+        """Record a worker's new state (an exited worker is forgotten).
+
+        A worker on this machine is reached at its own port; one on another machine through
+        `forward_url`, which the hive's handle gives while the worker is ready (None otherwise).
+        """
         key = (hive, info.id)
         if info.state == "exited":
             self._endpoints.pop(key, None)
-            return
-        current = self._endpoints.get(key)
-        if current is None:
-            self._endpoints[key] = Endpoint(hive=hive, info=info, forward_url=forward_url)
         else:
-            current.info = info
-            current.forward_url = forward_url or current.forward_url
+            current = self._endpoints.get(key)
+            if current is None:
+                self._endpoints[key] = Endpoint(hive=hive, info=info, forward_url=forward_url)
+            else:
+                current.info = info
+                current.forward_url = forward_url
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, limit: float) -> None:
+        """Return at the next change of any worker, or after `limit` seconds."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                await changed.wait()
+
+    def of_model(self, model: str, *, embeddings: bool = False) -> list[Endpoint]:
+        """Every known worker of `model` (with that capability), in any state."""
+        return [
+            e
+            for e in self._endpoints.values()
+            if e.info.model == model and e.info.embeddings == embeddings
+        ]
 
     def endpoint(self, hive: str, worker_id: str) -> Endpoint | None:
         """The endpoint of one worker, if it is known."""
@@ -72,23 +103,29 @@ class Registry:
         """The workers ready to serve `model` for generation (or, with `embeddings`, for those)."""
         return [
             e
-            for e in self._endpoints.values()
-            if e.info.model == model and e.info.state == "ready" and e.info.embeddings == embeddings
+            for e in self.of_model(model, embeddings=embeddings)
+            if e.info.state == "ready" and (e.hive == LOCAL_HIVE or e.forward_url is not None)
         ]
 
-    def served_models(self, *, embeddings: bool | None = None) -> dict[str, int]:
+    def served_models(
+        self, *, embeddings: bool | None = None, ready: bool = True
+    ) -> dict[str, int]:
         """Each model with a ready worker, mapped to the smallest context among its workers.
 
         `embeddings` True or False counts only the workers loaded for embeddings, or only the
-        others; None counts every worker.
+        others; None counts every worker. `ready` False counts workers in any state.
         """
         models: dict[str, int] = {}
         for e in self._endpoints.values():
-            if e.info.state == "ready" and embeddings in (None, e.info.embeddings):
+            if (e.info.state == "ready" or not ready) and embeddings in (None, e.info.embeddings):
                 ctx = e.info.context_length
                 models[e.info.model] = min(models.get(e.info.model, ctx), ctx)
         return dict(sorted(models.items()))
 
-    def choose(self, model: str, exclude: set[str], *, embeddings: bool = False) -> Endpoint | None:
-        """The ready worker for `model` (with the capability asked) to take the next request."""
-        return pick(self.ready(model, embeddings=embeddings), exclude)
+    def choose(
+        self, model: str, exclude: Collection[str], *, embeddings: bool = False
+    ) -> Endpoint | None:
+        """The ready worker for `model` (with the capability asked) to take the next request;
+        `exclude` holds `Endpoint.attempt` keys of the tries that failed."""
+        ready = [e for e in self.ready(model, embeddings=embeddings) if e.attempt not in exclude]
+        return pick(ready)

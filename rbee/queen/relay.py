@@ -1,10 +1,19 @@
 """Forwarding OpenAI requests from the queen to a worker, streaming answers token by token.
 
 The queen has parsed and checked the request already; it forwards the client's bytes as they came,
-and relays the worker's SSE bytes as they come, without re-encoding them. A worker that cannot be
-reached before anything was sent is skipped for the next replica; a stream that breaks after it
-started ends with an error event. When the client goes away, the upstream connection is closed,
-which the worker sees as its own client going away: generation stops there too.
+and relays the worker's SSE bytes as they come, without re-encoding them.
+
+Before the first byte of an answer, a failure is the queen's to hide: a worker that cannot be
+reached, resets the connection, or answers 5xx (through an SSH forward the local accept always
+succeeds, so a dead remote worker shows as a read error) is passed over for the next replica, and
+a worker of the model that is starting or restarting is waited for, within the first-byte
+deadline. When none can serve, the answer is 503 `worker_unavailable` at once, with the cause (a
+crash-loop, a hive that is unreachable) and `Retry-After`. After the first byte, a stream that
+breaks ends with an error event and `[DONE]`. When the client goes away, the upstream connection
+is closed, which the worker sees as its own client going away: generation stops there too.
+
+Stopping: `drain()` makes new requests 503 `shutting_down`, lets those in flight finish within a
+grace period, then ends each stream still open with an error event and `[DONE]`.
 
 Workers on another machine are reached through SSH port forwards, and a hive's connection has
 only so many channels (`rbee.ssh.connection.MAX_FORWARDED` for forwarded connections). So each
@@ -16,8 +25,12 @@ the hive (spawn, list, stop).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 from starlette.requests import Request
@@ -25,58 +38,140 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from rbee.api import sse
-from rbee.api.disconnect import ClientGoneError, until_disconnect
+from rbee.api.disconnect import until_disconnect
 from rbee.api.http import ClosingStreamingResponse
 from rbee.config.settings import Timeouts
-from rbee.errors import ApiError
+from rbee.errors import ApiError, ClientGoneError
 from rbee.queen.registry import Endpoint, Registry
 from rbee.ssh.connection import MAX_FORWARDED
 
-__all__ = ["RELAYED_PER_HIVE", "Relay", "RelayResponse"]
+__all__ = ["RELAYED_PER_HIVE", "Relay", "RelayResponse", "Unavailable"]
 
 RELAYED_PER_HIVE = MAX_FORWARDED - 1
 
 log = logging.getLogger(__name__)
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_RETRYABLE = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+"""Failures before any answer came back: generation has no side effects, so try another."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why no worker serves a model now, and whether one is coming (then a request waits)."""
+
+    error: ApiError
+    coming: bool
+
+
+Availability = Callable[[str, bool], Unavailable | None]
+"""(model, embeddings) → why it cannot be served now; None: it is not wanted anywhere."""
+
+
+@dataclass(frozen=True)
+class _Cut:
+    why: str
+
+
+_END = object()
 
 
 class RelayResponse(ClosingStreamingResponse):
-    """A streamed upstream answer; whatever happens, the upstream is closed and released after."""
+    """A streamed upstream answer; whatever happens, the upstream is closed and released after.
+
+    A pump task reads the upstream into a queue, so the stream can be ended from outside
+    (`cut`) between two chunks without touching the upstream read.
+    """
 
     def __init__(
-        self, upstream: httpx.Response, release: Callable[[], Awaitable[None]], worker: str
+        self,
+        upstream: httpx.Response,
+        release: Callable[[], Awaitable[None]],
+        worker: str,
+        streams: set[RelayResponse],
     ) -> None:
         self._upstream = upstream
         self._release = release
         self._worker = worker
+        self._streams = streams
+        self._queue: asyncio.Queue[bytes | _Cut | httpx.HTTPError | object] = asyncio.Queue()
+        self._pump_task: asyncio.Task[None] | None = None
+        streams.add(self)
         super().__init__(self._body(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
-    async def _body(self) -> AsyncIterator[bytes]:
+    def cut(self, why: str) -> None:
+        """End the stream after the chunks already read: an error event, then `[DONE]`."""
+        self._queue.put_nowait(_Cut(why))
+
+    async def _pump(self) -> None:
         try:
             async for chunk in self._upstream.aiter_raw():
-                yield chunk
+                self._queue.put_nowait(chunk)
         except httpx.HTTPError as err:
-            log.warning("stream from worker %s broke: %r", self._worker, err)
-            message = f"the stream from worker {self._worker} broke: {err!r}"
+            self._queue.put_nowait(err)
+        else:
+            self._queue.put_nowait(_END)
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, bytes):
+                yield item
+                continue
+            if isinstance(item, _Cut):
+                message = f"the stream from worker {self._worker} was ended: {item.why}"
+            elif isinstance(item, httpx.HTTPError):
+                log.warning("stream from worker %s broke: %r", self._worker, item)
+                message = f"the stream from worker {self._worker} broke: {item!r}"
+            else:
+                return
             yield sse.encode(ApiError(502, message, type="server_error").body())
             yield sse.DONE
+            return
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
+            pump = self._pump_task
+            if pump is not None:
+                pump.cancel()
+                await asyncio.wait([pump])
+            self._streams.discard(self)
             await self._release()
 
 
 class Relay:
     """Sends requests to workers picked from the registry."""
 
-    def __init__(self, registry: Registry, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        timeouts: Timeouts,
+        *,
+        availability: Availability | None = None,
+    ) -> None:
         self.registry = registry
         self.timeouts = timeouts
+        self._availability = availability
         self._client: httpx.AsyncClient | None = None
         self._hive_clients: dict[str, httpx.AsyncClient] = {}
+        self._streams: set[RelayResponse] = set()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._cut = asyncio.Event()
+        self.closing = False
+        """True once draining: new requests are refused with 503."""
 
     async def __aenter__(self) -> Relay:
         self._client = httpx.AsyncClient(
@@ -120,6 +215,61 @@ class Relay:
             self._hive_clients[endpoint.hive] = client
         return client
 
+    # -- stopping ------------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def _end(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new requests, give those in flight `grace` seconds, then end open streams with
+        an error event and `[DONE]` (and answer waiting whole answers 503)."""
+        self.closing = True
+        if self._inflight:
+            log.info("draining: %d request(s) in flight, waiting up to %.0fs", self._inflight,
+                     grace)  # fmt: skip
+            try:
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.warning("draining: ending %d open stream(s) and %d other request(s)",
+                            len(self._streams), self._inflight - len(self._streams))  # fmt: skip
+        self._cut.set()
+        for stream in list(self._streams):
+            stream.cut("the queen is shutting down")
+        try:
+            async with asyncio.timeout(2.0):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("draining: %d request(s) did not end in time", self._inflight)
+
+    async def _unless_cut(self, request: Request, work: Awaitable[T]) -> T:
+        """`work`, unless the client goes (ClientGoneError) or the queen stops (503) first."""
+
+        async def cut() -> T:
+            await self._cut.wait()
+            raise ApiError(503, "the queen is shutting down", type="server_error",
+                           code="shutting_down", retry_after=5)  # fmt: skip
+
+        async def either() -> T:
+            async with asyncio.TaskGroup() as tg:
+                stopper = tg.create_task(cut())
+                result = await work
+                stopper.cancel()
+            return result
+
+        try:
+            return await until_disconnect(request, either())
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+
+    # -- forwarding ----------------------------------------------------------------------------
+
     async def forward(
         self,
         request: Request,
@@ -131,68 +281,138 @@ class Relay:
         embeddings: bool = False,
     ) -> Response:
         """POST `raw` to `path` on a worker serving `model` (for embeddings, if asked); relay."""
+        if self.closing:
+            raise ApiError(503, "the queen is shutting down", type="server_error",
+                           code="shutting_down", retry_after=5)  # fmt: skip
+        self._begin()
+        handed_over = False
+        try:
+            response = await self._forward(
+                request, model, path, raw, stream=stream, embeddings=embeddings
+            )
+            handed_over = isinstance(response, RelayResponse)
+            return response
+        finally:
+            if not handed_over:
+                self._end()
+
+    async def _forward(
+        self,
+        request: Request,
+        model: str,
+        path: str,
+        raw: bytes,
+        *,
+        stream: bool,
+        embeddings: bool,
+    ) -> Response:
+        deadline = time.monotonic() + self.timeouts.first_byte
         tried: set[str] = set()
-        while (endpoint := self.registry.choose(model, tried, embeddings=embeddings)) is not None:
-            tried.add(endpoint.id)
-            client = self._client_for(endpoint)
-            endpoint.outstanding += 1
-            endpoint.dispatched += 1
-            released = False
-
-            async def release(endpoint: Endpoint = endpoint) -> None:
-                nonlocal released
-                if not released:
-                    released = True
-                    endpoint.outstanding -= 1
-
-            upstream_request = client.build_request(
-                "POST",
-                endpoint.url + path,
-                content=raw,
-                headers={"content-type": "application/json"},
-                timeout=httpx.USE_CLIENT_DEFAULT if stream else self._whole_answer_timeout(),
-            )
-            try:
-                if stream:
-                    upstream = await client.send(upstream_request, stream=True)
-                else:
-                    # A whole answer arrives only when generation ends: watch the client meanwhile.
-                    upstream = await until_disconnect(request, client.send(upstream_request))
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as err:
-                # Nothing came back: the worker (or the SSH forward to it) is gone. Generation and
-                # embedding have no side effects, so the request may go to another replica.
-                await release()
-                log.warning("worker %s unreachable (%r); trying another", endpoint.id, err)
+        failed: Response | None = None
+        while True:
+            endpoint = self.registry.choose(model, tried, embeddings=embeddings)
+            if endpoint is None:
+                if failed is not None:
+                    return failed  # every replica answered 5xx: the last one's answer
+                await self._wait_for_worker(request, model, embeddings, deadline)
                 continue
-            except ClientGoneError:
-                await release()
-                return Response(status_code=499)
-            except httpx.HTTPError as err:
-                await release()
-                raise ApiError(
-                    502, f"worker {endpoint.id} failed: {err!r}", type="server_error"
-                ) from err
-            if stream and upstream.status_code == 200:
-                return RelayResponse(upstream, _closer(upstream, release), endpoint.id)
-            try:
-                body = await upstream.aread()
-            except httpx.HTTPError as err:
-                raise ApiError(
-                    502, f"worker {endpoint.id} failed: {err!r}", type="server_error"
-                ) from err
-            finally:
-                await upstream.aclose()
-                await release()
-            return Response(
-                body,
-                status_code=upstream.status_code,
-                media_type=upstream.headers.get("content-type"),
+            tried.add(endpoint.attempt)
+            answer = await self._try(request, endpoint, path, raw, stream)
+            if answer is None:
+                continue
+            if answer.status_code >= 500 and not isinstance(answer, RelayResponse):
+                log.warning("worker %s answered %d; trying another", endpoint.id,
+                            answer.status_code)  # fmt: skip
+                failed = answer
+                continue
+            return answer
+
+    async def _wait_for_worker(
+        self, request: Request, model: str, embeddings: bool, deadline: float
+    ) -> None:
+        """Wait for the next change of the fleet if a worker of `model` is coming (within the
+        deadline); else raise the 503 saying why none serves."""
+        why = self._availability(model, embeddings) if self._availability else None
+        if why is None:
+            why = Unavailable(
+                ApiError(
+                    503,
+                    f"no worker serves {model!r} now",
+                    type="server_error",
+                    code="worker_unavailable",
+                    retry_after=5,
+                ),
+                coming=False,
             )
-        raise ApiError(
-            503,
-            f"no worker serving {model!r} could be reached (tried {', '.join(sorted(tried))})",
-            type="server_error",
-            code="worker_unavailable",
+        left = deadline - time.monotonic()
+        if not why.coming or left <= 0:
+            raise why.error
+        try:
+            await self._unless_cut(request, self.registry.wait_changed(min(left, 1.0)))
+        except ClientGoneError:
+            raise ApiError(499, "the client went away while waiting for a worker") from None
+
+    async def _try(
+        self, request: Request, endpoint: Endpoint, path: str, raw: bytes, stream: bool
+    ) -> Response | None:
+        """One attempt on `endpoint`: its answer, or None when it failed before answering."""
+        client = self._client_for(endpoint)
+        endpoint.outstanding += 1
+        endpoint.dispatched += 1
+        released = False
+
+        async def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                endpoint.outstanding -= 1
+                if stream:
+                    self._end()
+
+        upstream_request = client.build_request(
+            "POST",
+            endpoint.url + path,
+            content=raw,
+            headers={"content-type": "application/json"},
+            timeout=httpx.USE_CLIENT_DEFAULT if stream else self._whole_answer_timeout(),
+        )
+        try:
+            # A whole answer arrives only when generation ends: watch the client meanwhile.
+            upstream = await self._unless_cut(request, client.send(upstream_request, stream=stream))
+        except _RETRYABLE as err:
+            endpoint.outstanding -= 1
+            log.warning("worker %s failed before answering (%r); trying another", endpoint.id, err)
+            return None
+        except ClientGoneError:
+            endpoint.outstanding -= 1
+            return Response(status_code=499)
+        except httpx.HTTPError as err:
+            endpoint.outstanding -= 1
+            raise ApiError(
+                502, f"worker {endpoint.id} failed: {err!r}", type="server_error"
+            ) from err
+        except BaseException:
+            endpoint.outstanding -= 1
+            raise
+        if stream and upstream.status_code == 200:
+            return RelayResponse(upstream, _closer(upstream, release), endpoint.id, self._streams)
+        try:
+            body = await upstream.aread()
+        except _RETRYABLE as err:
+            log.warning("worker %s failed while answering (%r); trying another", endpoint.id, err)
+            return None
+        except httpx.HTTPError as err:
+            raise ApiError(
+                502, f"worker {endpoint.id} failed: {err!r}", type="server_error"
+            ) from err
+        finally:
+            await upstream.aclose()
+            released = True
+            endpoint.outstanding -= 1
+        return Response(
+            body,
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type"),
         )
 
     def _whole_answer_timeout(self) -> httpx.Timeout:

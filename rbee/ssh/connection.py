@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import posixpath
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 
@@ -40,9 +41,13 @@ __all__ = [
     "HiveConnection",
     "RemoteResult",
     "connect_error",
+    "expand_home",
 ]
 
 log = logging.getLogger(__name__)
+
+_OPEN_TRIES = 8
+T = TypeVar("T")
 
 MAX_CHANNELS = 8
 # Forwarded TCP connections' share of MAX_CHANNELS: with the hive's own session open, two slots
@@ -83,6 +88,15 @@ def connect_error(alias: str, err: BaseException) -> SshError:
     return SshError(f"{alias}: cannot connect: {err}")
 
 
+def expand_home(path: str, home: str) -> str:
+    """`~` or `~/...` made `home` or `home/...`; any other path as it is."""
+    if path == "~":
+        return home
+    if path.startswith("~/"):
+        return posixpath.join(home, path[2:])
+    return path
+
+
 class HiveConnection:
     """An open SSH connection to one hive; use as an async context manager."""
 
@@ -112,6 +126,7 @@ class HiveConnection:
         """How many channel slots are held now."""
         self.channels_peak = 0
         """The most slots ever held at once on this connection."""
+        self._home: str | None = None
 
     @classmethod
     def of(
@@ -196,11 +211,30 @@ class HiveConnection:
             finally:
                 self.channels_in_use -= 1
 
+    async def open_session(self, opener: Callable[[], Awaitable[T]]) -> T:
+        """Open a session channel with `opener`, again after a moment if sshd refuses it.
+
+        sshd counts a session until it has reaped its process, a little after the channel has
+        closed on this side: on a busy hive, a slot freed here may not be free there yet, and
+        sshd answers "open failed" (MaxSessions). That is worth a few short waits, not an error.
+        """
+        delay = 0.05
+        for _ in range(_OPEN_TRIES - 1):
+            try:
+                return await opener()
+            except asyncssh.ChannelOpenError as err:
+                log.debug("%s: sshd refused a session (%s); again in %.2fs", self.alias, err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        return await opener()
+
     @contextlib.asynccontextmanager
     async def sftp(self) -> AsyncIterator[asyncssh.SFTPClient]:
         """An SFTP session, holding a channel slot while it is open."""
-        async with self.channel(), self.conn.start_sftp_client() as sftp:
-            yield sftp
+        async with self.channel():
+            client = await self.open_session(self.conn.start_sftp_client)
+            async with client as sftp:
+                yield sftp
 
     async def forward(self, port: int) -> PortForward:
         """Forward a new local port on 127.0.0.1 to `port` on the hive's 127.0.0.1; each connection
@@ -218,6 +252,18 @@ class HiveConnection:
         async with self._forwarded, self.channel():
             yield
 
+    async def resolve(self, path: str) -> str:
+        """`path` as the hive names it: a leading `~` is the hive user's home there (asked once
+        per connection). The one place rbee expands `~` for a hive."""
+        if not (path == "~" or path.startswith("~/")):
+            return path
+        if self._home is None:
+            home = (await self.check(["sh", "-c", 'printf %s "$HOME"'])).stdout
+            if not home.startswith("/"):
+                raise SshError(f"{self.alias}: the hive user's $HOME is {home!r}, not a path")
+            self._home = home
+        return expand_home(path, self._home)
+
     async def run(
         self, argv: list[str], *, input: str | None = None, time_limit: float = 60.0
     ) -> RemoteResult:
@@ -225,7 +271,9 @@ class HiveConnection:
         line = remote_command(argv, exec_=False)
         async with self.channel():
             try:
-                result = await self.conn.run(line, input=input, check=False, timeout=time_limit)
+                result = await self.open_session(
+                    lambda: self.conn.run(line, input=input, check=False, timeout=time_limit)
+                )
             except asyncssh.TimeoutError as err:
                 raise SshError(f"{self.alias}: `{' '.join(argv)}` timed out after {time_limit:g}s"
                                ) from err  # fmt: skip

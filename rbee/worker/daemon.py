@@ -1,4 +1,4 @@
-"""`rbee worker run`: load one model, then serve it until told to stop or orphaned.
+"""`rbee worker run`: load one model, warm it up, then serve it until told to stop or orphaned.
 
 The hive starts this with two pipes: it reads one line of JSON from the ready pipe once the model
 is loaded and the port is open (`{"port": N, "pid": P}`), and it holds the write end of the
@@ -32,6 +32,7 @@ from rbee.placement import model_formats, place
 from rbee.proc import arm_parent_death_signal, watch_lifeline
 from rbee.worker.app import create_app
 from rbee.worker.runner import EngineRunner
+from rbee.worker.warmup import warm_up
 
 __all__ = ["WorkerOptions", "build_engine", "run_worker"]
 
@@ -121,6 +122,7 @@ async def _serve(
     engine: Engine, options: WorkerOptions, sock: socket.socket, timeouts: Timeouts
 ) -> None:
     async with EngineRunner(engine) as runner:
+        await warm_up(runner, options.model)
         server = uvicorn_server(create_app(runner, options.model), graceful=timeouts.stop_grace)
 
         def stop() -> None:

@@ -56,7 +56,8 @@ def _lower_this_threads_priority(increment: int) -> None:
 
 @dataclass
 class RunnerStats:
-    """Counters a worker reports on /health (the tests watch them to see cancellation)."""
+    """Counters a worker reports on /health (the tests watch them to see cancellation); they
+    include the warm-up decode (rbee.worker.warmup)."""
 
     requests: int = 0
     active: int = 0
