@@ -15,6 +15,7 @@ import pytest
 
 from rbee.errors import RbeeError
 from rbee.facts import FACTS_SCRIPT, Gpu, local_facts, parse_facts, parse_nvidia_smi
+from rbee.ssh.connection import expand_home
 from rbee.ssh.facts import STATUS_SCRIPT, parse_status
 
 TWO_GPUS = """0, NVIDIA GeForce RTX 4090, 24564, 23012, 550.54.14
@@ -313,3 +314,30 @@ def test_parse_status_of_a_known_hive(
 def test_parse_status_refuses_anything_else(bad: str) -> None:
     with pytest.raises(RbeeError, match="status script"):
         parse_status(bad)
+
+
+@pytest.mark.parametrize(
+    ("path", "resolved"),
+    [
+        ("~", "/home/alice"),
+        ("~/.local/share/rbee-hive", "/home/alice/.local/share/rbee-hive"),
+        ("/opt/rbee", "/opt/rbee"),
+        ("relative/dir", "relative/dir"),  # the hive's shell starts in the home folder anyway
+    ],
+)
+def test_one_rule_for_tilde_on_a_hive(path: str, resolved: str) -> None:
+    assert expand_home(path, "/home/alice") == resolved
+
+
+def test_the_status_script_expands_tilde_by_the_same_rule(
+    fake_nvidia_smi: dict[str, str], tmp_path: Path
+) -> None:
+    # HOME is tmp_path here: "~/rbee-hive" and its expansion by expand_home find the same venv.
+    env = {**fake_nvidia_smi, "PATH": fake_nvidia_smi["PATH"].split(":")[0] + ":" + HIVE_PATH}
+    (tmp_path / "rbee-hive" / "venv" / "lib" / "python3.11" / "site-packages" / "mlx").mkdir(
+        parents=True
+    )
+    home = env.get("HOME", str(tmp_path))
+    by_sh = parse_status(status("full", "~/rbee-hive", env)).engines
+    by_python = parse_status(status("full", expand_home("~/rbee-hive", home), env)).engines
+    assert by_sh == by_python == ("mlx",)

@@ -118,6 +118,7 @@ BAD = [
     ("Host a\n  RbeeHivePort 70000\n", 2, ["RbeeHivePort must be 1-65535, got '70000'"]),
     ('Host a\n  RbeeInstallDir ""\n', 2, ["RbeeInstallDir needs a value"]),
     ('Host a\n  RbeeInstallDir "/opt/x\x00y"\n', 2, ["NUL"]),
+    ("Host a\n  RbeeInstallDir ~bob/rbee\n", 2, ["RbeeInstallDir may start with ~/", "not ~user"]),
     ("Host a\n  RbeePython bin/python\n", 2, ["RbeePython must be", "absolute"]),
     ('Host a\n  RbeePython "python3;rm"\n', 2, ["RbeePython must be", "shell"]),
     ("Host a\n  RbeePython -c\n", 2, ["RbeePython must be"]),

@@ -177,6 +177,10 @@ def _strict(d: Directive, value: str, _: FileProblem) -> None:
 def _install_dir(d: Directive, value: str, _: FileProblem) -> str:
     if not value or "\0" in value or "\n" in value:
         raise d.error(f"{d.keyword} must be a path on the hive, got {value!r}")
+    if value.startswith("~") and not (value == "~" or value.startswith("~/")):
+        raise d.error(
+            f"{d.keyword} may start with ~/ (the hive user's home) but not ~user, got {value!r}"
+        )
     return value
 
 

@@ -65,6 +65,8 @@ if [ "$mode" = full ]; then
             echo "memsize $(sysctl -n hw.memsize 2>/dev/null)"
             echo "chip $(sysctl -n machdep.cpu.brand_string 2>/dev/null)" ;;
     esac
+    # The rule of HiveConnection.resolve (rbee.ssh.connection.expand_home), here in sh so that
+    # a status costs no extra round trip; tests/test_facts.py checks both agree.
     case $install in
         "~") install=$HOME ;;
         "~/"*) install=$HOME/${install#"~/"} ;;

@@ -193,8 +193,9 @@ async def install_hive(
             raise s.error(f"Python {facts.python} at {facts.python_path} is too old: rbee needs "
                           "3.11 or newer (point RbeePython in hives.conf at one)")  # fmt: skip
     python = facts.python_path or hive.python
-    async with steps.step(f"locking {hive.install_dir}") as s:
-        where = await _helper(conn, python, "prepare", hive.install_dir, str(LOCK_STALE_SECONDS),
+    install_dir = await conn.resolve(hive.install_dir)
+    async with steps.step(f"locking {install_dir}") as s:
+        where = await _helper(conn, python, "prepare", install_dir, str(LOCK_STALE_SECONDS),
                               token)  # fmt: skip
         root = str(where["dir"])
         if where["lock"] == "refused":
@@ -334,8 +335,9 @@ async def uninstall_hive(
 ) -> UninstallResult:
     """Remove the hive's install dir after `confirm(path)` says yes (None: no question asked)."""
     started = time.monotonic()
+    install_dir = await conn.resolve(hive.install_dir)
     try:
-        found = await _helper(conn, hive.python, "uninstall", hive.install_dir, "check",
+        found = await _helper(conn, hive.python, "uninstall", install_dir, "check",
                               str(LOCK_STALE_SECONDS))  # fmt: skip
         root = str(found["dir"])
         if found["state"] == "refused":
@@ -345,7 +347,7 @@ async def uninstall_hive(
         if confirm is not None and not confirm(root):
             raise InstallError(hive.alias, "uninstall", f"not removing {root} (answer y, or pass "
                                "--yes)")  # fmt: skip
-        done = await _helper(conn, hive.python, "uninstall", hive.install_dir, "remove",
+        done = await _helper(conn, hive.python, "uninstall", install_dir, "remove",
                              str(LOCK_STALE_SECONDS), time_limit=300)  # fmt: skip
         if done["state"] != "removed":
             raise InstallError(hive.alias, "uninstall", f"will not remove {root}: {done['why']}")
@@ -367,7 +369,8 @@ def ours(entry):
     return entry in OURS or entry.startswith(("venv-", ".lock.stale-"))
 
 def where(path):
-    path = os.path.abspath(os.path.expanduser(path))
+    # The queen resolved `~` already (HiveConnection.resolve); the path is absolute here.
+    path = os.path.abspath(path)
     why = None
     if os.path.realpath(path) in ("/", os.path.realpath(os.path.expanduser("~"))):
         why = "it is / or the home folder"
