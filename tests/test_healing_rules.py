@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from rbee.api.workers import WorkerInfo, WorkerSpec, exit_description, parse_worker_info
+from rbee.config.settings import Paths
 from rbee.engines.select import Choice
 from rbee.errors import ApiError, EngineError, WorkerNotFoundError
+from rbee.hive.service import HiveService
 from rbee.hive.supervisor import RestartPolicy, restart_delay
 from rbee.queen.desired import DesiredState, DesiredWorker
 from rbee.queen.reconcile import Plan, Reconciler, plan
@@ -204,3 +206,15 @@ async def test_the_reconciler_starts_stops_and_backs_off(tmp_path: Path) -> None
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_placement_reads_free_memory_now_not_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readings = iter([8 << 30, 2 << 30])
+    monkeypatch.setattr("rbee.hive.service.mem_available", lambda: next(readings))
+    paths = Paths(config_dir=tmp_path / "config", data_dir=tmp_path / "data")
+    async with HiveService(paths, name="localhost") as hive:
+        first, second = await hive.facts(), await hive.facts()
+    assert (first.mem_available, second.mem_available) == (8 << 30, 2 << 30)
+    assert first.cpu_count == second.cpu_count  # what the machine is: read once
