@@ -18,6 +18,7 @@ its own open connections, which a dead link keeps open, only `HURRIED_GRACE` sec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -92,9 +93,12 @@ async def _announce_ready(server: Server, sock: socket.socket) -> None:
 
 
 def _say(event: dict[str, object]) -> None:
-    """One JSON line on stdout, for the queen (one write, so no log line splits it)."""
-    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+    """One JSON line on stdout, for the queen: one write(2) straight to the fd, so no log line
+    splits it and nothing is left buffered when the PTY is gone (a failed flush at exit would
+    make the exit status 120)."""
+    line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+    with contextlib.suppress(OSError):
+        os.write(sys.stdout.fileno(), line)
 
 
 async def _hold_lease(server: Server, hive: HiveService, lease: float) -> None:
