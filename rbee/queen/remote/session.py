@@ -86,6 +86,8 @@ class RemoteHive:
         self._ready = asyncio.Event()
         self._output: list[str] = []
         self._process: asyncssh.SSHClientProcess[str] | None = None
+        self._ran = False
+        """The current session reached `running` (a loss after that starts the backoff anew)."""
 
     # -- what the queen asks (rbee.queen.reconcile.HiveHandle) ---------------------------------
 
@@ -169,6 +171,7 @@ class RemoteHive:
         while self._wanted:
             self._set_state("connecting")
             failed: HiveState = "lost"
+            self._ran = False
             try:
                 async with HiveConnection(
                     self.name,
@@ -177,7 +180,6 @@ class RemoteHive:
                     config_text=self._config_text,
                 ) as conn:
                     await self._session(conn)
-                    backoff = 1.0
             except _EXPECTED as err:
                 self.last_error = str(err) or repr(err)
                 log.warning("%s: %s", self.name, self.last_error)
@@ -192,6 +194,8 @@ class RemoteHive:
                 await self.remote.detach()
             if not self._wanted:
                 break
+            if self._ran:  # it served before it ended: a new loss, not the same one again
+                backoff = 1.0
             self._set_state(failed)
             log.info("%s: reconnecting in %.0fs", self.name, backoff)
             self._wake.clear()
@@ -230,6 +234,7 @@ class RemoteHive:
                 tg.create_task(self._read_lines(process))
                 await self.remote.refresh()
                 self.last_error = None
+                self._ran = True
                 self._set_state("running")
                 self._ready.set()
                 log.info("%s: hive running (pid %s)", self.name, self.pid)
