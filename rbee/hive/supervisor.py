@@ -202,7 +202,8 @@ class Supervisor:
         try:
             return await asyncio.shield(first)
         except BaseException:
-            await asyncio.shield(self.stop(worker_id))
+            with contextlib.suppress(WorkerNotFoundError):  # someone else stopped it already
+                await asyncio.shield(self.stop(worker_id))
             if first.done() and not first.cancelled():
                 first.exception()  # retrieved: the caller has its own error (or was cancelled)
             raise
