@@ -277,5 +277,60 @@ def test_operations_that_cannot_work_are_refused_at_once(tmp_path: Path, model_c
         assert spawn.status_code == 404
         assert "rbee hive start gpu-box" in spawn.json()["error"]["message"]
         assert http.delete(f"{queen.url}/v1/workers/x@gpu-box").status_code == 404
+        bad = http.delete(f"{queen.url}/v1/workers/a..b")
+        assert (bad.status_code, bad.json()["error"]["param"]) == (400, "id")
         unknown = http.post(f"{queen.base_url}/completions", json={**COUNTING, "max_tokens": 2})
         assert unknown.status_code == 404  # not wanted anywhere: does not exist
+
+
+def test_a_request_waiting_in_a_dying_workers_queue_is_answered_elsewhere(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    paths = make_paths(tmp_path, model_cache)
+    with running_queen(paths, models=(MODEL, MODEL)) as queen:
+        first, second = sorted(queen.workers(), key=lambda w: str(w["id"]))
+        long = {**COUNTING, "max_tokens": 600, "stream": True}
+        results: dict[str, list[str]] = {}
+
+        def stream(name: str, body: dict[str, Any], started: threading.Event) -> None:
+            lines: list[str] = []
+            try:
+                path = "chat/completions" if "messages" in body else "completions"
+                with http.stream("POST", f"{queen.base_url}/{path}", json=body) as response:
+                    started.set()
+                    lines.extend(line for line in response.iter_lines() if line)
+            except httpx.HTTPError as err:
+                lines.append(f"client error: {err!r}")
+            results[name] = lines
+
+        def start(name: str, body: dict[str, Any], *, headers: bool = True) -> threading.Thread:
+            started = threading.Event()
+            thread = threading.Thread(target=stream, args=(name, body, started))
+            thread.start()
+            if headers:
+                assert started.wait(60)
+            return thread
+
+        # a keeps the first worker busy, b the second; c waits in the first worker's queue.
+        threads = [start("a", long), start("b", long)]
+        wait_until(lambda: all(w["outstanding"] == 1 for w in queen.workers()), 10, "a and b")
+        # A chat stream opens with a role chunk before any token: the queen holds it back.
+        short = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+                 "max_tokens": 8, "stream": True}  # fmt: skip
+        # (the queen answers c only once its first token comes: no headers to wait for)
+        threads.append(start("c", short, headers=False))
+        wait_until(
+            lambda: next(w for w in queen.workers() if w["id"] == first["id"])["outstanding"] == 2,
+            10,
+            "c to wait behind a",
+        )
+        os.kill(int(first["pid"]), signal.SIGKILL)
+        for t in threads:
+            t.join(120)
+        assert "broke" in results["a"][-2]  # a was being generated: it ends with an error event
+        c = results["c"]
+        assert c[-1] == "data: [DONE]"
+        assert all('"error"' not in line for line in c), c
+        assert any('"finish_reason":' in line for line in c), c
+        assert '"role":"assistant"' in c[0]
+        assert second["id"] != first["id"]

@@ -4,8 +4,11 @@ The queen has parsed and checked the request already; it forwards the client's b
 and relays the worker's SSE bytes as they come, without re-encoding them.
 
 Before the first byte of an answer, a failure is the queen's to hide: a worker that cannot be
-reached, resets the connection, or answers 5xx (through an SSH forward the local accept always
-succeeds, so a dead remote worker shows as a read error) is passed over for the next replica, and
+reached, resets the connection, answers 5xx (through an SSH forward the local accept always
+succeeds, so a dead remote worker shows as a read error), or dies before its first generated
+token (the queen holds a chat stream's opening role chunk until that token comes, so a request
+waiting in a worker's queue or in its prefill is not lost with it) is passed over for the next
+replica, and
 a worker of the model that is starting or restarting is waited for, within the first-byte
 deadline. When none can serve, the answer is 503 `worker_unavailable` at once, with the cause (a
 crash-loop, a hive that is unreachable) and `Retry-After`. After the first byte, a stream that
@@ -87,18 +90,24 @@ _END = object()
 class RelayResponse(ClosingStreamingResponse):
     """A streamed upstream answer; whatever happens, the upstream is closed and released after.
 
-    A pump task reads the upstream into a queue, so the stream can be ended from outside
-    (`cut`) between two chunks without touching the upstream read.
+    It starts with `opening`, the events read before the answer was handed over (up to the first
+    generated token), then the rest of `chunks`. A pump task reads them into a queue, so the
+    stream can be ended from outside (`cut`) between two chunks without touching the read.
     """
 
     def __init__(
         self,
         upstream: httpx.Response,
         release: Callable[[], Awaitable[None]],
+        *,
+        chunks: AsyncIterator[bytes],
+        opening: bytes,
         worker: str,
         streams: set[RelayResponse],
     ) -> None:
         self._upstream = upstream
+        self._chunks = chunks
+        self._opening = opening
         self._release = release
         self._worker = worker
         self._streams = streams
@@ -112,8 +121,10 @@ class RelayResponse(ClosingStreamingResponse):
         self._queue.put_nowait(_Cut(why))
 
     async def _pump(self) -> None:
+        if self._opening:
+            self._queue.put_nowait(self._opening)
         try:
-            async for chunk in self._upstream.aiter_raw():
+            async for chunk in self._chunks:
                 self._queue.put_nowait(chunk)
         except httpx.HTTPError as err:
             self._queue.put_nowait(err)
@@ -395,7 +406,7 @@ class Relay:
             endpoint.outstanding -= 1
             raise
         if stream and upstream.status_code == 200:
-            return RelayResponse(upstream, _closer(upstream, release), endpoint.id, self._streams)
+            return await self._open_stream(request, endpoint, upstream, path, release)
         try:
             body = await upstream.aread()
         except _RETRYABLE as err:
@@ -415,8 +426,55 @@ class Relay:
             media_type=upstream.headers.get("content-type"),
         )
 
+    async def _open_stream(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        upstream: httpx.Response,
+        path: str,
+        release: Callable[[], Awaitable[None]],
+    ) -> Response | None:
+        """Hand a stream over once its first generated token came; None if the worker died
+        before that (the worker's queue, the prompt's prefill): the request may go elsewhere."""
+        chunks = upstream.aiter_raw()
+        events = 2 if path.endswith("/chat/completions") else 1  # chat: the role chunk first
+        try:
+            opening = await self._unless_cut(request, _opening(chunks, events))
+        except _RETRYABLE as err:
+            log.warning("worker %s failed before its first token (%r); trying another",
+                        endpoint.id, err)  # fmt: skip
+            answer: Response | None = None
+        except ClientGoneError:
+            answer = Response(status_code=499)
+        except BaseException:
+            await upstream.aclose()
+            endpoint.outstanding -= 1
+            raise
+        else:
+            return RelayResponse(
+                upstream,
+                _closer(upstream, release),
+                chunks=chunks,
+                opening=opening,
+                worker=endpoint.id,
+                streams=self._streams,
+            )
+        await upstream.aclose()
+        endpoint.outstanding -= 1
+        return answer
+
     def _whole_answer_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeouts.generation, connect=self.timeouts.connect)
+
+
+async def _opening(chunks: AsyncIterator[bytes], events: int) -> bytes:
+    """The bytes of a stream's first `events` SSE events (fewer if it ends first)."""
+    got = b""
+    async for chunk in chunks:
+        got += chunk
+        if got.count(b"\n\n") >= events:
+            break
+    return got
 
 
 def _closer(

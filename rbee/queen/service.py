@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from rbee.api.workers import WorkerInfo, WorkerSpec
+from rbee.api.workers import WorkerInfo, WorkerSpec, validate_worker_id
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.select import Choice
 from rbee.errors import ApiError, RbeeError, WorkerNotFoundError
@@ -99,8 +99,9 @@ class Queen:
             await stack.enter_async_context(self.fleet)
             # Jobs stop first (they use hives and workers), so they are entered last.
             await stack.enter_async_context(self.jobs)
+            taken: set[str] = set()
             for spec in self.options.models:
-                await self._start_asked(spec)
+                taken.add(await self._start_asked(spec, taken))
             tg = await stack.enter_async_context(asyncio.TaskGroup())
             reconciling = tg.create_task(self.reconciler.run(), name="reconciler")
             stack.callback(reconciling.cancel)  # first thing on the way out: nothing restarts
@@ -116,16 +117,19 @@ class Queen:
         assert self._stack is not None
         await self._stack.__aexit__(exc_type, exc, tb)
 
-    async def _start_asked(self, spec: WorkerSpec) -> None:
-        """A worker the command line asked for (`rbee up`): the one the desired state has for
-        that model already (after a restart), else a new one. Failures stop the queen's start."""
+    async def _start_asked(self, spec: WorkerSpec, taken: set[str]) -> str:
+        """A worker the command line asked for (`rbee up`): one the desired state has for that
+        model already (after a restart) and that is not `taken` by an earlier ask, else a new
+        one; its id. Failures stop the queen's start."""
         for wanted in self.desired.workers(LOCAL_HIVE):
-            if (wanted.spec.model, wanted.spec.embeddings) == (spec.model, spec.embeddings):
+            same = (wanted.spec.model, wanted.spec.embeddings) == (spec.model, spec.embeddings)
+            if same and wanted.id not in taken:
                 with self.reconciler.claim(LOCAL_HIVE, wanted.id):
                     if self.hive.supervisor.get(wanted.id) is None:
                         await self.local.start(wanted.spec, wanted.id)
-                return
-        await self.spawn(spec)
+                return wanted.id
+        _, info = await self.spawn(spec)
+        return info.id
 
     # -- hives ---------------------------------------------------------------------------------
 
@@ -176,8 +180,9 @@ class Queen:
             await handle.stop(worker_id)
 
     def _split(self, worker_id: str) -> tuple[str, str]:
+        """(hive, id there) of a queen-wide id; 400 if it cannot be a worker's id."""
         local_id, _, hive = worker_id.partition("@")
-        return hive or LOCAL_HIVE, local_id
+        return hive or LOCAL_HIVE, validate_worker_id(local_id)
 
     async def stop_worker(self, worker_id: str) -> tuple[str, WorkerInfo]:
         """Stop a worker by its queen-wide id (`ID` here, `ID@hive` elsewhere), for good.
