@@ -10,12 +10,13 @@ from starlette.requests import Request
 
 from rbee.errors import ClientGoneError
 
-__all__ = ["ClientGoneError", "until_disconnect"]
+__all__ = ["ClientGoneError", "until_disconnect", "wait_disconnect"]
 
 T = TypeVar("T")
 
 
-async def _wait_disconnect(request: Request) -> None:
+async def wait_disconnect(request: Request) -> None:
+    """Never return; raise ClientGoneError once the client has gone."""
     # The body has been read already, so the next ASGI message is the disconnect.
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -26,7 +27,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it (and raising ClientGoneError) if the client disconnects."""
     try:
         async with asyncio.TaskGroup() as tg:
-            watcher = tg.create_task(_wait_disconnect(request))
+            watcher = tg.create_task(wait_disconnect(request))
             result = await work
             watcher.cancel()
     except BaseExceptionGroup as group:

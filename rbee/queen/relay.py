@@ -41,7 +41,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from rbee.api import sse
-from rbee.api.disconnect import until_disconnect
+from rbee.api.disconnect import wait_disconnect
 from rbee.api.http import ClosingStreamingResponse
 from rbee.config.settings import Timeouts
 from rbee.errors import ApiError, ClientGoneError
@@ -79,20 +79,13 @@ Availability = Callable[[str, bool], Unavailable | None]
 """(model, embeddings) → why it cannot be served now; None: it is not wanted anywhere."""
 
 
-@dataclass(frozen=True)
-class _Cut:
-    why: str
-
-
-_END = object()
-
-
 class RelayResponse(ClosingStreamingResponse):
     """A streamed upstream answer; whatever happens, the upstream is closed and released after.
 
     It starts with `opening`, the events read before the answer was handed over (up to the first
-    generated token), then the rest of `chunks`. A pump task reads them into a queue, so the
-    stream can be ended from outside (`cut`) between two chunks without touching the read.
+    generated token), then relays the rest of `chunks` as they come. `cut` ends it from outside
+    at the next chunk (a stream that is generating gets one every token), with an error event and
+    `[DONE]`; `abort` also closes the upstream, for a stream that receives nothing any more.
     """
 
     def __init__(
@@ -111,52 +104,44 @@ class RelayResponse(ClosingStreamingResponse):
         self._release = release
         self._worker = worker
         self._streams = streams
-        self._queue: asyncio.Queue[bytes | _Cut | httpx.HTTPError | object] = asyncio.Queue()
-        self._pump_task: asyncio.Task[None] | None = None
+        self._cut: str | None = None
         streams.add(self)
         super().__init__(self._body(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
     def cut(self, why: str) -> None:
-        """End the stream after the chunks already read: an error event, then `[DONE]`."""
-        self._queue.put_nowait(_Cut(why))
+        """End the stream at its next chunk: an error event saying `why`, then `[DONE]`."""
+        self._cut = why
 
-    async def _pump(self) -> None:
-        if self._opening:
-            self._queue.put_nowait(self._opening)
-        try:
-            async for chunk in self._chunks:
-                self._queue.put_nowait(chunk)
-        except httpx.HTTPError as err:
-            self._queue.put_nowait(err)
-        else:
-            self._queue.put_nowait(_END)
+    async def abort(self) -> None:
+        """Close the upstream, so a stream waiting for a chunk ends now (as cut)."""
+        await self._upstream.aclose()
 
     async def _body(self) -> AsyncIterator[bytes]:
-        self._pump_task = asyncio.get_running_loop().create_task(self._pump())
-        while True:
-            item = await self._queue.get()
-            if isinstance(item, bytes):
-                yield item
-                continue
-            if isinstance(item, _Cut):
-                message = f"the stream from worker {self._worker} was ended: {item.why}"
-            elif isinstance(item, httpx.HTTPError):
-                log.warning("stream from worker %s broke: %r", self._worker, item)
-                message = f"the stream from worker {self._worker} broke: {item!r}"
+        try:
+            if self._opening:
+                yield self._opening
+            async for chunk in self._chunks:
+                if self._cut is not None:
+                    break
+                yield chunk
             else:
                 return
-            yield sse.encode(ApiError(502, message, type="server_error").body())
-            yield sse.DONE
-            return
+        except (httpx.HTTPError, RuntimeError) as err:
+            # RuntimeError: httpx's answer to reading a stream that abort() closed.
+            if self._cut is None:
+                log.warning("stream from worker %s broke: %r", self._worker, err)
+                message = f"the stream from worker {self._worker} broke: {err!r}"
+                yield sse.encode(ApiError(502, message, type="server_error").body())
+                yield sse.DONE
+                return
+        message = f"the stream from worker {self._worker} was ended: {self._cut}"
+        yield sse.encode(ApiError(502, message, type="server_error").body())
+        yield sse.DONE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            pump = self._pump_task
-            if pump is not None:
-                pump.cancel()
-                await asyncio.wait([pump])
             self._streams.discard(self)
             await self._release()
 
@@ -254,30 +239,35 @@ class Relay:
         for stream in list(self._streams):
             stream.cut("the queen is shutting down")
         try:
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(1.0):
                 await self._idle.wait()
         except TimeoutError:
-            log.warning("draining: %d request(s) did not end in time", self._inflight)
+            # A stream that gets no chunk (its worker hung) learns of the cut when its read ends.
+            for stream in list(self._streams):
+                await stream.abort()
+            try:
+                async with asyncio.timeout(1.0):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.warning("draining: %d request(s) did not end in time", self._inflight)
 
     async def _unless_cut(self, request: Request, work: Awaitable[T]) -> T:
         """`work`, unless the client goes (ClientGoneError) or the queen stops (503) first."""
 
-        async def cut() -> T:
+        async def cut() -> None:
             await self._cut.wait()
             raise ApiError(503, "the queen is shutting down", type="server_error",
                            code="shutting_down", retry_after=5)  # fmt: skip
 
-        async def either() -> T:
-            async with asyncio.TaskGroup() as tg:
-                stopper = tg.create_task(cut())
-                result = await work
-                stopper.cancel()
-            return result
-
         try:
-            return await until_disconnect(request, either())
+            async with asyncio.TaskGroup() as tg:
+                watchers = [tg.create_task(wait_disconnect(request)), tg.create_task(cut())]
+                result = await work
+                for watcher in watchers:
+                    watcher.cancel()
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
+        return result
 
     # -- forwarding ----------------------------------------------------------------------------
 
@@ -388,8 +378,10 @@ class Relay:
             timeout=httpx.USE_CLIENT_DEFAULT if stream else self._whole_answer_timeout(),
         )
         try:
-            # A whole answer arrives only when generation ends: watch the client meanwhile.
-            upstream = await self._unless_cut(request, client.send(upstream_request, stream=stream))
+            if stream:  # a worker answers a stream's headers at once
+                upstream = await client.send(upstream_request, stream=True)
+            else:  # a whole answer arrives when generation ends: watch the client meanwhile
+                upstream = await self._unless_cut(request, client.send(upstream_request))
         except _RETRYABLE as err:
             endpoint.outstanding -= 1
             log.warning("worker %s failed before answering (%r); trying another", endpoint.id, err)
