@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rbee.api.workers import WorkerInfo, WorkerSpec, exit_description, parse_worker_info
+from rbee.config.hives import load_hives
 from rbee.config.settings import Paths
 from rbee.engines.select import Choice
 from rbee.errors import ApiError, EngineError, WorkerNotFoundError
@@ -19,6 +20,7 @@ from rbee.hive.service import HiveService
 from rbee.hive.supervisor import RestartPolicy, restart_delay
 from rbee.queen.desired import DesiredState, DesiredWorker
 from rbee.queen.reconcile import Plan, Reconciler, plan
+from rbee.queen.remote import RemoteHive
 
 POLICY = RestartPolicy()
 
@@ -218,3 +220,41 @@ async def test_placement_reads_free_memory_now_not_at_start_up(
         first, second = await hive.facts(), await hive.facts()
     assert (first.mem_available, second.mem_available) == (8 << 30, 2 << 30)
     assert first.cpu_count == second.cpu_count  # what the machine is: read once
+
+
+class _Lines:
+    """What RemoteHive reads a hive's session through: lines, then EOF."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = list(lines)
+
+    async def readline(self) -> str:
+        return self._lines.pop(0) if self._lines else ""
+
+
+class _Session:
+    def __init__(self, lines: list[str]) -> None:
+        self.stdout = _Lines(lines)
+
+
+async def test_a_hive_line_the_queen_cannot_read_is_logged_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "hives.conf"
+    conf.write_text("Host gpu\n  HostName 10.0.0.9\n")
+    seen: list[WorkerInfo] = []
+    hive = RemoteHive(load_hives(conf).get("gpu"), conf, on_change=lambda h, i, u: seen.append(i))
+    good = {"id": "m-1", "model": "m", "engine": "llamacpp", "device": "cpu", "state": "starting"}
+    lines = [
+        "2026-12-06 10:00:00,000 INFO rbee.hive: a log line\r\n",
+        '{"event": broken\r\n',  # not JSON
+        json.dumps({"event": "worker", "worker": {**good, "state": "melting"}}) + "\r\n",
+        json.dumps({"event": "worker", "worker": {**good, "pid": "12"}}) + "\r\n",
+        json.dumps({"event": "worker", "worker": "nope"}) + "\r\n",
+        json.dumps({"event": "worker", "worker": good}) + "\r\n",
+    ]
+    await hive._read_lines(_Session(lines))  # type: ignore[arg-type]
+    assert [(i.id, i.state) for i in seen] == [("m-1", "starting")]  # only the readable one
+    assert "broken event line" in caplog.text
+    assert caplog.text.count("cannot read") == 3
+    assert hive._output == ["2026-12-06 10:00:00,000 INFO rbee.hive: a log line"]
