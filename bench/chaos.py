@@ -380,6 +380,8 @@ def render(result: Result, quick: bool) -> str:
     """The markdown section between the markers."""
     out = result.outcomes
     rate = 100.0 * out.ok / out.sent if out.sent else 0.0
+    started = out.sent - out.mid_stream
+    saved = 100.0 * out.ok / started if started else 0.0
     rows = []
     for kind in KINDS:
         mine = [f for f in result.faults if f.kind == kind]
@@ -426,6 +428,13 @@ def render(result: Result, quick: bool) -> str:
         "| requests | succeeded | failed before the first byte | broken mid-stream | success |",
         "|---|---|---|---|---|",
         f"| {out.sent} | {out.ok} | {out.before_first_byte} | {out.mid_stream} | {rate:.2f}% |",
+        "",
+        f"Of the requests whose answer was not under way on a worker when it was killed: "
+        f"{out.ok} of {started} succeeded ({saved:.2f}%). A stream cut by its own worker's "
+        "death ends with an error event by design (no replica can take over an answer already "
+        f"under way): the success rate above counts those {out.mid_stream}, from "
+        f"{len(result.faults)} faults in {result.duration:.0f} s (one every "
+        f"{result.duration / max(1, len(result.faults)):.0f} s).",
         "",
         "| fault | count | recovery p50 (s) | max (s) | bound (s) | within bound |",
         "|---|---|---|---|---|---|",
