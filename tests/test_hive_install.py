@@ -154,6 +154,10 @@ def test_the_installed_hive_is_what_the_queen_starts(
 ) -> None:
     # No RBEE_HIVE_COMMAND here: the queen runs <install>/venv/bin/rbee, as it would in use.
     paths = make_paths(tmp_path, model_cache)
+    # The queen's wheelhouse is the one the install above built (as on a machine that installed
+    # before): its job finds the hive up to date without building again. A wheelhouse of its own
+    # would rebuild llama-cpp-python from source where pip has no cache (PIP_NO_CACHE_DIR=1).
+    (paths.data_dir / "wheelhouse").symlink_to(CACHE, target_is_directory=True)
     conf = installed.hives.config
     with running_queen(paths, models=(), global_args=("--hives", str(conf))) as queen:
         # With a queen running, install runs as one of its jobs (here: already up to date).
