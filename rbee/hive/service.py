@@ -16,6 +16,7 @@ from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.factory import check_memory
 from rbee.engines.fit import mem_available
+from rbee.engines.select import Choice
 from rbee.errors import WorkerExistsError
 from rbee.facts import Facts, local_facts, read_gpus
 from rbee.hive.supervisor import Supervisor
@@ -80,6 +81,11 @@ class HiveService:
             self._facts = await asyncio.to_thread(local_facts)
         return await asyncio.to_thread(_refreshed, self._facts)
 
+    async def place(self, spec: WorkerSpec) -> tuple[WorkerSpec, Choice]:
+        """Engine, device, repacking and format for `spec` here, by facts read now."""
+        formats = await asyncio.to_thread(model_formats, self.store, spec.model)
+        return place(spec, await self.facts(), formats, hive=self.name)
+
     async def spawn(self, spec: WorkerSpec, worker_id: str | None = None) -> WorkerInfo:
         """Pick the engine and device, fetch the artifact if needed, start the worker, wait.
 
@@ -89,8 +95,7 @@ class HiveService:
         """
         if worker_id is not None and self.supervisor.get(worker_id) is not None:
             raise WorkerExistsError(f"a worker {worker_id!r} already runs on hive {self.name}")
-        formats = await asyncio.to_thread(model_formats, self.store, spec.model)
-        spec, choice = place(spec, await self.facts(), formats, hive=self.name)
+        spec, choice = await self.place(spec)
         stored = await asyncio.to_thread(ensure_model, self.store, spec.model, fmt=choice.format)
         artifact = stored.artifact(choice.format)
         if artifact is not None:  # refuse here what the worker would refuse after starting

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.engines.select import Choice
 from rbee.hive.service import HiveService
-from rbee.placement import model_formats, place
 
 __all__ = ["LocalHive"]
 
@@ -34,8 +31,7 @@ class LocalHive:
 
     async def place(self, spec: WorkerSpec) -> tuple[WorkerSpec, Choice]:
         """Engine, device and repacking for `spec` here, by facts read now."""
-        formats = await asyncio.to_thread(model_formats, self.service.store, spec.model)
-        return place(spec, await self.service.facts(), formats, hive=self.name)
+        return await self.service.place(spec)
 
     async def start(self, spec: WorkerSpec, worker_id: str) -> WorkerInfo:
         """Fetch the model if needed, start the worker, wait until it serves."""

@@ -356,20 +356,15 @@ class Relay:
     async def _try(
         self, request: Request, endpoint: Endpoint, path: str, raw: bytes, stream: bool
     ) -> Response | None:
-        """One attempt on `endpoint`: its answer, or None when it failed before answering."""
+        """One attempt on `endpoint`: its answer, or None when it failed before answering.
+
+        The attempt counts in `endpoint.outstanding` until it ends here, or, for a stream handed
+        over, until the RelayResponse releases it.
+        """
         client = self._client_for(endpoint)
         endpoint.outstanding += 1
         endpoint.dispatched += 1
-        released = False
-
-        async def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                endpoint.outstanding -= 1
-                if stream:
-                    self._end()
-
+        handed_over = False
         upstream_request = client.build_request(
             "POST",
             endpoint.url + path,
@@ -378,53 +373,44 @@ class Relay:
             timeout=httpx.USE_CLIENT_DEFAULT if stream else self._whole_answer_timeout(),
         )
         try:
-            if stream:  # a worker answers a stream's headers at once
-                upstream = await client.send(upstream_request, stream=True)
-            else:  # a whole answer arrives when generation ends: watch the client meanwhile
-                upstream = await self._unless_cut(request, client.send(upstream_request))
-        except _RETRYABLE as err:
-            endpoint.outstanding -= 1
-            log.warning("worker %s failed before answering (%r); trying another", endpoint.id, err)
-            return None
-        except ClientGoneError:
-            endpoint.outstanding -= 1
-            return Response(status_code=499)
-        except httpx.HTTPError as err:
-            endpoint.outstanding -= 1
-            raise ApiError(
-                502, f"worker {endpoint.id} failed: {err!r}", type="server_error"
-            ) from err
-        except BaseException:
-            endpoint.outstanding -= 1
-            raise
-        if stream and upstream.status_code == 200:
-            return await self._open_stream(request, endpoint, upstream, path, release)
-        try:
-            body = await upstream.aread()
-        except _RETRYABLE as err:
-            log.warning("worker %s failed while answering (%r); trying another", endpoint.id, err)
-            return None
+            try:
+                if stream:  # a worker answers a stream's headers at once
+                    upstream = await client.send(upstream_request, stream=True)
+                else:  # a whole answer arrives when generation ends: watch the client meanwhile
+                    upstream = await self._unless_cut(request, client.send(upstream_request))
+            except _RETRYABLE as err:
+                log.warning("worker %s failed before answering (%r); trying another",
+                            endpoint.id, err)  # fmt: skip
+                return None
+            except ClientGoneError:
+                return Response(status_code=499)
+            if stream and upstream.status_code == 200:
+                answer = await self._open_stream(request, endpoint, upstream, path)
+                handed_over = isinstance(answer, RelayResponse)
+                return answer
+            try:
+                body = await upstream.aread()
+            except _RETRYABLE as err:
+                log.warning("worker %s failed while answering (%r); trying another",
+                            endpoint.id, err)  # fmt: skip
+                return None
+            finally:
+                await upstream.aclose()
+            return Response(
+                body,
+                status_code=upstream.status_code,
+                media_type=upstream.headers.get("content-type"),
+            )
         except httpx.HTTPError as err:
             raise ApiError(
                 502, f"worker {endpoint.id} failed: {err!r}", type="server_error"
             ) from err
         finally:
-            await upstream.aclose()
-            released = True
-            endpoint.outstanding -= 1
-        return Response(
-            body,
-            status_code=upstream.status_code,
-            media_type=upstream.headers.get("content-type"),
-        )
+            if not handed_over:
+                endpoint.outstanding -= 1
 
     async def _open_stream(
-        self,
-        request: Request,
-        endpoint: Endpoint,
-        upstream: httpx.Response,
-        path: str,
-        release: Callable[[], Awaitable[None]],
+        self, request: Request, endpoint: Endpoint, upstream: httpx.Response, path: str
     ) -> Response | None:
         """Hand a stream over once its first generated token came; None if the worker died
         before that (the worker's queue, the prompt's prefill): the request may go elsewhere."""
@@ -435,25 +421,30 @@ class Relay:
         except _RETRYABLE as err:
             log.warning("worker %s failed before its first token (%r); trying another",
                         endpoint.id, err)  # fmt: skip
-            answer: Response | None = None
+            await upstream.aclose()
+            return None
         except ClientGoneError:
-            answer = Response(status_code=499)
+            await upstream.aclose()
+            return Response(status_code=499)
         except BaseException:
             await upstream.aclose()
-            endpoint.outstanding -= 1
             raise
-        else:
-            return RelayResponse(
-                upstream,
-                _closer(upstream, release),
-                chunks=chunks,
-                opening=opening,
-                worker=endpoint.id,
-                streams=self._streams,
-            )
-        await upstream.aclose()
-        endpoint.outstanding -= 1
-        return answer
+
+        async def release() -> None:
+            try:
+                await upstream.aclose()
+            finally:
+                endpoint.outstanding -= 1
+                self._end()
+
+        return RelayResponse(
+            upstream,
+            release,
+            chunks=chunks,
+            opening=opening,
+            worker=endpoint.id,
+            streams=self._streams,
+        )
 
     def _whole_answer_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeouts.generation, connect=self.timeouts.connect)
@@ -467,15 +458,3 @@ async def _opening(chunks: AsyncIterator[bytes], events: int) -> bytes:
         if got.count(b"\n\n") >= events:
             break
     return got
-
-
-def _closer(
-    upstream: httpx.Response, release: Callable[[], Awaitable[None]]
-) -> Callable[[], Awaitable[None]]:
-    async def close() -> None:
-        try:
-            await upstream.aclose()
-        finally:
-            await release()
-
-    return close

@@ -57,6 +57,7 @@ class RemoteWorkers:
         self._forwards: dict[str, tuple[int, PortForward]] = {}
         """worker id -> (its port on the hive, the forward to it)"""
         self._tracking = asyncio.Lock()
+        self._models_dir: str | None = None
         # One upload per model at a time: two spawns must not send the same artifact twice, nor
         # rewrite the model's manifest on the hive at once (a queen is a hive's only writer).
         self._uploading: dict[str, asyncio.Lock] = {}
@@ -67,6 +68,7 @@ class RemoteWorkers:
         """Use `conn` and the hive's HTTP API at `url` (its forward) from now on."""
         self._conn = conn
         self._client = AsyncApiClient(url, name=self.name, timeouts=self._timeouts)
+        self._models_dir = None
 
     async def detach(self) -> None:
         """The connection is gone: forget every worker (they die with the hive's session)."""
@@ -189,7 +191,9 @@ class RemoteWorkers:
                 if m.get("id") == model and fmt in (m.get("formats") or [m.get("format")]):
                     return
             stored = await asyncio.to_thread(ensure_model, self._store, model, fmt=fmt)
-            models_dir = str((await self.http("GET", "/health"))["models_dir"])
+            if self._models_dir is None:  # where the hive keeps models: asked once a session
+                self._models_dir = str((await self.http("GET", "/health"))["models_dir"])
+            models_dir = self._models_dir
             if self._conn is None:
                 raise HiveUnavailableError(f"{self.name}: the hive is not connected")
             log.info("%s: uploading model %s (%s)", self.name, model, fmt)
