@@ -24,6 +24,8 @@
     │   └── InstallError        `rbee hive install` failed (host, step, argv, stderr tail)
     ├── WheelhouseError       the queen could not gather the wheels a hive needs
     ├── ApiError              an HTTP request was refused; carries the OpenAI error body fields
+    │   ├── OverloadedError     every worker that could take it is full (503, Retry-After)
+    │   └── DeadlineError       its deadline passed (504)
     └── ClientGoneError       the HTTP client went away before its answer (internal)
 
 Every error carries what an operator needs to act (file, field, host, command, stderr tail) in its
@@ -40,6 +42,7 @@ __all__ = [
     "ChecksumError",
     "ClientGoneError",
     "ConfigError",
+    "DeadlineError",
     "EngineError",
     "HiveError",
     "HiveNotStartedError",
@@ -50,6 +53,7 @@ __all__ = [
     "JobFailedError",
     "ModelError",
     "ModelFetchError",
+    "OverloadedError",
     "PortInUseError",
     "QueenError",
     "QueenNotRunningError",
@@ -268,3 +272,19 @@ class ApiError(RbeeError):
                 "code": self.code,
             }
         }
+
+
+class OverloadedError(ApiError):
+    """Every worker that could take the request is full: 503 `server_overloaded`, answered at
+    once, with `Retry-After` from the pace the work drains at."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(503, message, type="server_error", code="server_overloaded",
+                         retry_after=retry_after)  # fmt: skip
+
+
+class DeadlineError(ApiError):
+    """The request's deadline (`--request-timeout`, `X-Rbee-Deadline`) passed: 504."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(504, message, type="server_error", code="request_timeout")

@@ -136,7 +136,10 @@ def test_api_key_is_required_when_set(paths: Paths) -> None:
         wrong = http.get(f"{q.base_url}/models", headers={"authorization": "Bearer nope"})
         assert wrong.status_code == 401
         with openai.OpenAI(base_url=q.base_url, api_key="s3cret", max_retries=0) as client:
-            assert client.models.list().data == []
+            # No worker: the stored default model is listed as one a request would load.
+            (listed_model,) = client.models.list().data
+            assert listed_model.id == MODEL
+            assert listed_model.model_extra == {"context_length": 4096, "loaded": False}
         with (
             openai.OpenAI(base_url=q.base_url, api_key="bad", max_retries=0) as bad,
             pytest.raises(openai.AuthenticationError),

@@ -28,6 +28,7 @@ from rbee.api.workers import (
     parse_worker_info,
     parse_worker_spec,
 )
+from rbee.config.settings import Paths
 from rbee.engines.base import check_embedding_tokens
 from rbee.errors import ApiError
 from rbee.hive.argv import worker_argv
@@ -414,26 +415,47 @@ def test_each_worker_refuses_the_other_kind(fleet: RunningQueen) -> None:
 
 
 @pytest.mark.slow
-def test_without_a_capable_worker_the_queen_says_how_to_start_one(
+def test_without_a_capable_worker_a_request_loads_one(
     fleet: RunningQueen, client: openai.OpenAI
 ) -> None:
-    # Last in this module: it stops the shared queen's workers, the chat one first.
+    # Last in this module: it stops the shared queen's chat worker.
     workers = {bool(w["embeddings"]): w["id"] for w in fleet.workers()}
     assert http.delete(f"{fleet.url}/v1/workers/{workers[False]}").status_code == 200
-    with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
-        )
-    message = caught.value.body["message"]  # type: ignore[index]
-    assert "only workers loaded for embeddings" in message
-    assert f"`rbee worker spawn --model {MODEL}`" in message
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert int(raw.headers["x-rbee-load-ms"]) > 0  # it waited for a chat worker to load
+    assert raw.parse().choices[0].message.content is not None
+    chat = [w for w in fleet.workers() if not w["embeddings"]]
+    assert len(chat) == 1
+    assert chat[0]["id"] == raw.headers["x-rbee-worker"]
     assert len(client.embeddings.create(model=MODEL, input="still served").data) == 1
 
-    assert http.delete(f"{fleet.url}/v1/workers/{workers[True]}").status_code == 200
-    with pytest.raises(openai.NotFoundError) as caught:
-        client.embeddings.create(model=MODEL, input="x")
-    message = caught.value.body["message"]  # type: ignore[index]
-    assert f"rbee worker spawn --model {MODEL} --embeddings" in message
+
+@pytest.mark.slow
+def test_with_autoload_off_the_queen_says_how_to_start_one(paths: Paths) -> None:
+    with running_queen(paths, "--no-autoload", models=()) as q:
+        spawned = rbee(paths, "--queen", q.url, "worker", "spawn", "--model", MODEL,
+                       "--embeddings", "--ctx-size", "1024")  # fmt: skip
+        assert spawned.returncode == 0, spawned.stderr
+        (worker,) = q.workers()
+        with openai.OpenAI(base_url=q.base_url, api_key="x", max_retries=0) as client:
+            with pytest.raises(openai.NotFoundError) as caught:
+                client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+                )
+            message = caught.value.body["message"]  # type: ignore[index]
+            assert "only workers loaded for embeddings" in message
+            assert f"`rbee worker spawn --model {MODEL}`" in message
+            assert len(client.embeddings.create(model=MODEL, input="served").data) == 1
+
+            assert http.delete(f"{q.url}/v1/workers/{worker['id']}").status_code == 200
+            with pytest.raises(openai.NotFoundError) as caught:
+                client.embeddings.create(model=MODEL, input="x")
+            message = caught.value.body["message"]  # type: ignore[index]
+            assert "autoload is off" in message
+            assert f"rbee worker spawn --model {MODEL} --embeddings" in message
+        assert q.workers() == []
 
 
 # --- the engine thread ---------------------------------------------------------------------------

@@ -261,7 +261,7 @@ def test_sigterm_ends_open_streams_with_an_error_event_and_done(
 
 def test_operations_that_cannot_work_are_refused_at_once(tmp_path: Path, model_cache: Path) -> None:
     paths = make_paths(tmp_path, model_cache)
-    with running_queen(paths, models=()) as queen:
+    with running_queen(paths, "--no-autoload", models=()) as queen:
         cases: list[tuple[dict[str, Any], int, str]] = [
             ({"kind": "worker.spawn", "model": "nope"}, 404, "model_not_found"),
             ({"kind": "worker.spawn", "model": MODEL, "hive": "gpu-box"}, 404, "hive_not_found"),
@@ -280,7 +280,7 @@ def test_operations_that_cannot_work_are_refused_at_once(tmp_path: Path, model_c
         bad = http.delete(f"{queen.url}/v1/workers/a..b")
         assert (bad.status_code, bad.json()["error"]["param"]) == (400, "id")
         unknown = http.post(f"{queen.base_url}/completions", json={**COUNTING, "max_tokens": 2})
-        assert unknown.status_code == 404  # not wanted anywhere: does not exist
+        assert unknown.status_code == 404  # not wanted anywhere, not loaded on demand
 
 
 def test_a_request_waiting_in_a_dying_workers_queue_is_answered_elsewhere(

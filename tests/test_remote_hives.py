@@ -83,11 +83,25 @@ def test_chat_lands_on_both_hives_and_sigkill_of_the_queen_leaves_nothing(
     assert sorted(str(w["hive"]) for w in workers) == ["hive1", "hive2"]
     assert all(str(w["id"]).endswith(f"@{w['hive']}") for w in workers)
     with openai.OpenAI(base_url=fleet.base_url, api_key="x", max_retries=0) as client:
+        traced = []
         for i in range(4):
-            answer = client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": f"Say {i}."}], max_tokens=8
+            raw = client.chat.completions.with_raw_response.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": f"Say {i}."}],
+                max_tokens=8,
+                stream=i % 2 == 1,
             )
-            assert answer.choices[0].message.content
+            headers = raw.headers
+            traced.append((headers["x-rbee-hive"], headers["x-rbee-worker"]))
+            assert int(headers["x-rbee-queued-ms"]) >= 0
+            answer = raw.parse()
+            if isinstance(answer, openai.Stream):
+                assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
+            else:
+                assert answer.choices[0].message.content
+        # The trace headers name the remote worker that answered, streams and whole answers.
+        assert sorted(h for h, _ in traced) == ["hive1", "hive1", "hive2", "hive2"], traced
+        assert all(w.endswith(f"@{h}") for h, w in traced), traced
     served = {str(w["hive"]): int(str(w["dispatched"])) for w in fleet.workers()}
     assert served == {"hive1": 2, "hive2": 2}, served
     assert all(rbee_pids_in(h) for h in two_hives)

@@ -1,4 +1,4 @@
-"""The scheduler picks the least busy ready worker, reproducibly."""
+"""The scheduler picks the ready worker with the least work per capacity, reproducibly."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ class W:
     id: str
     outstanding: int = 0
     dispatched: int = 0
+    capacity: int = 9
 
 
 @pytest.mark.parametrize(
@@ -26,6 +27,9 @@ class W:
         ([W("a", 1, 5), W("b", 1, 3)], (), "b"),
         ([W("b", 0, 0), W("a", 0, 0)], (), "a"),
         ([W("a", 0), W("b", 3)], ("a",), "b"),
+        # work per capacity: 4 of 9 is less than 2 of 3
+        ([W("a", 2, 1, capacity=3), W("b", 4, 1, capacity=9)], (), "b"),
+        ([W("a", 2, 1, capacity=3), W("b", 4, 1, capacity=5)], (), "a"),
     ],
 )
 def test_pick(candidates: list[W], exclude: tuple[str, ...], expected: str | None) -> None:

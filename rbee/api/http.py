@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import math
+import time
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rbee.errors import ApiError, RbeeError
 
 __all__ = [
+    "DEADLINE_HEADER",
     "EXCEPTION_HANDLERS",
     "MAX_BODY_BYTES",
+    "AccessLogMiddleware",
     "ApiKeyMiddleware",
     "ClosingStreamingResponse",
     "error_response",
     "parse_json",
     "read_body",
     "read_json",
+    "request_deadline",
 ]
 
 MAX_BODY_BYTES = 1 << 20
+DEADLINE_HEADER = "x-rbee-deadline"
+"""Seconds a client gives its request, queueing and generation (lower than the queen's
+`--request-timeout`; the queen passes what is left of it on to the worker)."""
+
+access_log = logging.getLogger("rbee.access")
 
 
 def error_response(err: ApiError) -> JSONResponse:
@@ -84,6 +95,80 @@ def parse_json(raw: bytes) -> Any:
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
     """The request's JSON body; 413 past `limit` bytes, 400 if it is not JSON."""
     return parse_json(await read_body(request, limit))
+
+
+def request_deadline(request: Request, limit: float | None) -> float | None:
+    """When `request` must be answered by (time.monotonic()): `limit` seconds from now, or
+    sooner if its `X-Rbee-Deadline` header (seconds) says so; None: no deadline. 400 if the
+    header is not a positive number of seconds."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    seconds = limit
+    if raw is not None:
+        try:
+            asked = float(raw)
+        except ValueError:
+            asked = math.nan
+        if not math.isfinite(asked) or asked <= 0:
+            raise ApiError(
+                400,
+                f"the {DEADLINE_HEADER} header must be a positive number of seconds, got "
+                f"{raw[:40]!r}",
+                param=DEADLINE_HEADER,
+                code="invalid_header",
+            )
+        seconds = asked if limit is None else min(asked, limit)
+    return None if seconds is None else time.monotonic() + seconds
+
+
+class AccessLogMiddleware:
+    """One line per request on the `rbee.access` logger: method, path, status, milliseconds.
+
+    A client that went away before its answer was complete is logged as 499, whatever status
+    the answer had begun with (nginx's convention).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.monotonic()
+        status = 500
+        complete = False
+        gone = False
+
+        async def watch_receive() -> Message:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not complete:
+                gone = True
+            return message
+
+        async def watch_send(message: Message) -> None:
+            nonlocal status, complete, gone
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                complete = True
+            try:
+                await send(message)
+            except OSError:
+                gone = True
+                raise
+
+        try:
+            await self.app(scope, watch_receive, watch_send)
+        finally:
+            shown = 499 if gone and not complete else status
+            access_log.info(
+                "%s %s %d %.0fms",
+                scope["method"],
+                scope["path"],
+                shown,
+                (time.monotonic() - began) * 1000,
+            )
 
 
 class ApiKeyMiddleware:

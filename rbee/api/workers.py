@@ -66,6 +66,10 @@ class WorkerSpec:
     """Load the model for `/v1/embeddings` (it then serves nothing else)."""
     cpu_repack: str = "auto"
     """llama.cpp's weight repacking for the CPU: on, off, or auto (rbee.engines.repack decides)."""
+    max_queued: int = 8
+    """Requests it holds waiting behind the one it generates; more are refused (503)."""
+    max_queued_tokens: int = 0
+    """Prompt tokens it holds waiting (0: four times its context length)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class WorkerInfo:
     retry_at: float | None = None
     """When a restarting worker is started again (epoch seconds)."""
     cpu_repack: str = "auto"
+    max_queued: int = 8
+    """Requests it holds waiting behind the one it generates (its capacity is one more)."""
 
     @property
     def url(self) -> str | None:
@@ -143,7 +149,12 @@ def parse_worker_spec(body: Any) -> WorkerSpec:
             if not isinstance(value, str) or not value.isprintable() or len(value) > 32:
                 raise ApiError(400, f"{key} must be a short string", param=key)
             fields[key] = value
-    for key, lo, hi in (("ctx_size", 64, _MAX_CTX), ("threads", 0, 1024)):
+    for key, lo, hi in (
+        ("ctx_size", 64, _MAX_CTX),
+        ("threads", 0, 1024),
+        ("max_queued", 0, 4096),
+        ("max_queued_tokens", 0, 1 << 30),
+    ):
         value = body.get(key)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -180,7 +191,7 @@ def parse_worker_info(raw: Any) -> WorkerInfo:
     for name in ("id", "model", "engine", "device", "log_path"):
         if name in fields and not isinstance(fields[name], str):
             raise ValueError(f"worker field {name!r} must be a string")
-    for name in ("pid", "port", "exit_code", "restarts"):
+    for name in ("pid", "port", "exit_code", "restarts", "max_queued"):
         value = fields.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"worker field {name!r} must be an integer or null")

@@ -10,6 +10,8 @@ from rbee.api.client import QueenClient
 from rbee.api.workers import WorkerSpec
 from rbee.cli.output import emit, fetch_progress, note
 from rbee.config.hives import hives_path
+from rbee.config.limits import Limits
+from rbee.config.limits_file import ENV_VARS, load_limits
 from rbee.config.settings import Paths
 from rbee.errors import QueenNotRunningError
 from rbee.hive.daemon import HiveOptions, run_hive
@@ -40,18 +42,29 @@ def _spec(args: argparse.Namespace, model: str) -> WorkerSpec:
         threads=args.threads,
         embeddings=args.embeddings,
         cpu_repack=args.cpu_repack,
+        max_queued=args.max_queued,
+        max_queued_tokens=args.max_queued_tokens,
     )
+
+
+def _limits(args: argparse.Namespace, paths: Paths) -> Limits:
+    """The queen's limits: rbee.toml, then RBEE_* variables, then the flags given."""
+    flags = {key: getattr(args, key, None) for key in ENV_VARS}
+    return load_limits(paths.config_dir, os.environ, flags)
 
 
 def up(args: argparse.Namespace, paths: Paths) -> int:
     """Queen + local hive + one model, in the foreground; Ctrl+C stops everything."""
+    limits = _limits(args, paths)  # a mistake in rbee.toml is said before any download
+    # --max-queued and --max-queued-tokens are the queen's limits and this worker's alike.
+    args.max_queued, args.max_queued_tokens = limits.max_queued, limits.max_queued_tokens
     store = ModelStore(paths.models_dir)
     stored = store.get(args.model)
     if stored is None or stored.artifact("gguf") is None:
         note(f"fetching model {args.model} (first run only)")
         with fetch_progress() as progress:
             ensure_model(store, args.model, progress=progress)
-    options = _queen_options(args, paths, (_spec(args, args.model),))
+    options = _queen_options(args, paths, (_spec(args, args.model),), limits)
 
     def ready(url: str) -> None:
         note(f"serving {args.model} at {url}/v1 (OpenAI-compatible); Ctrl+C stops everything")
@@ -63,7 +76,10 @@ def up(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _queen_options(
-    args: argparse.Namespace, paths: Paths, models: tuple[WorkerSpec, ...]
+    args: argparse.Namespace,
+    paths: Paths,
+    models: tuple[WorkerSpec, ...],
+    limits: Limits | None = None,
 ) -> QueenOptions:
     command = os.environ.get("RBEE_HIVE_COMMAND")
     return QueenOptions(
@@ -73,6 +89,7 @@ def _queen_options(
         models=models,
         hives_conf=hives_path(paths, args.hives),
         hive_command=tuple(shlex.split(command)) if command else None,
+        limits=limits if limits is not None else _limits(args, paths),
     )
 
 
@@ -118,7 +135,8 @@ def worker_run(args: argparse.Namespace, paths: Paths) -> int:
         model=args.model, engine=args.engine, device=args.device, port=args.port,
         ctx_size=args.ctx_size, threads=args.threads, ready_fd=args.ready_fd,
         lifeline_fd=args.lifeline_fd, parent_pid=args.parent_pid, embeddings=args.embeddings,
-        cpu_repack=args.cpu_repack,
+        cpu_repack=args.cpu_repack, max_queued=args.max_queued,
+        max_queued_tokens=args.max_queued_tokens,
     )  # fmt: skip
     return run_worker(paths, options)
 

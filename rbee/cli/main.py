@@ -7,7 +7,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rbee import __version__
@@ -45,14 +45,23 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _at_least(lowest: int) -> Callable[[str], int]:
+    """An argparse type: an integer of `lowest` or more."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
+_count = _at_least(0)
 
 
 def _add_worker_options(p: argparse.ArgumentParser) -> None:
@@ -78,6 +87,83 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
         help="llama.cpp's weight repacking for the CPU (default auto: off on CPUs with AMX, "
         "whose repacking crashes llama.cpp; on elsewhere)",
     )
+    p.add_argument(
+        "--max-queued",
+        type=_count,
+        default=8,
+        help="requests the worker holds waiting behind the one it generates; more get 503 (8)",
+    )
+    p.add_argument(
+        "--max-queued-tokens",
+        type=_count,
+        default=0,
+        help="prompt tokens the worker holds waiting; more get 503 (default: 4 contexts)",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, got {text}")
+    return value
+
+
+def _timeout(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def _add_limit_options(p: argparse.ArgumentParser, *, queues: bool = True) -> None:
+    """The queen's limits (rbee.config.limits_file: flags win over RBEE_* and rbee.toml)."""
+    if queues:  # `rbee up` has them as worker options already: there they set both
+        p.add_argument(
+            "--max-queued",
+            type=_count,
+            help="requests a worker holds waiting behind the one it generates; more get 503 (8)",
+        )
+        p.add_argument(
+            "--max-queued-tokens",
+            type=_count,
+            help="prompt tokens a worker holds waiting; more get 503 (default: 4 contexts)",
+        )
+    p.add_argument(
+        "--request-timeout",
+        type=_timeout,
+        metavar="SECONDS",
+        help="seconds a request may take in all, queueing and generation (600)",
+    )
+    p.add_argument(
+        "--load-timeout",
+        type=_timeout,
+        metavar="SECONDS",
+        help="seconds a request waits for its model to load on demand (300)",
+    )
+    p.add_argument(
+        "--keepalive",
+        type=_timeout,
+        metavar="SECONDS",
+        help="seconds between SSE comments to a stream waiting for its model to load (2)",
+    )
+    p.add_argument(
+        "--no-autoload",
+        dest="autoload",
+        action="store_const",
+        const=False,
+        help="a request for a stored model without a worker gets 404 instead of loading it",
+    )
+    p.add_argument(
+        "--idle-ttl",
+        type=_seconds,
+        metavar="SECONDS",
+        help="unload a worker idle this long; the next request loads it again (900; 0: never)",
+    )
+    if not queues:
+        p.set_defaults(max_queued=None, max_queued_tokens=None)
 
 
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
@@ -134,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default=DEFAULT_MODEL_ID, help=f"model to serve (default {DEFAULT_MODEL_ID})"
     )
     _add_worker_options(up)
+    _add_limit_options(up, queues=False)
     up.set_defaults(handler=_lazy("daemons", "up"))
 
     queen = commands.add_parser("queen", help="start, stop or inspect the queen daemon")
@@ -143,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--model", action="append", default=[], help="model to start a worker for (repeatable)"
     )
+    _add_limit_options(start)
     start.set_defaults(handler=_lazy("daemons", "queen_start"))
     queen_cmds.add_parser("stop", help="stop the queen and everything it started").set_defaults(
         handler=_lazy("daemons", "queen_stop")
@@ -153,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = queen_cmds.add_parser("run", help="run the queen in the foreground (what start runs)")
     _add_serve_options(run)
     run.add_argument("--model", action="append", default=[], help=argparse.SUPPRESS)
+    _add_limit_options(run)
     run.set_defaults(handler=_lazy("daemons", "queen_run"))
 
     worker = commands.add_parser("worker", help="start, list and stop workers")

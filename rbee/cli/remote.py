@@ -32,6 +32,8 @@ def worker_spawn(args: argparse.Namespace, paths: Paths) -> int:
         "threads": args.threads,
         "embeddings": args.embeddings,
         "cpu_repack": args.cpu_repack,
+        "max_queued": args.max_queued,
+        "max_queued_tokens": args.max_queued_tokens,
     }
     with queen_client(args, paths) as client:
         info = run_job(client, {"kind": "worker.spawn", **body})
@@ -43,6 +45,10 @@ def worker_spawn(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+_WORKER_COLUMNS = ["ID", "HIVE", "MODEL", "ENGINE", "DEVICE", "STATE", "PID", "UP", "IDLE",
+                   "RESTARTS", "LAST EXIT"]  # fmt: skip
+
+
 def worker_list(args: argparse.Namespace, paths: Paths) -> int:
     """Print every worker the queen runs."""
     with queen_client(args, paths) as client:
@@ -52,7 +58,7 @@ def worker_list(args: argparse.Namespace, paths: Paths) -> int:
         return 0
     now = time.time()
     table(
-        ["ID", "HIVE", "MODEL", "ENGINE", "DEVICE", "STATE", "PID", "UP", "RESTARTS", "LAST EXIT"],
+        _WORKER_COLUMNS,
         [
             [
                 w["id"],
@@ -63,6 +69,7 @@ def worker_list(args: argparse.Namespace, paths: Paths) -> int:
                 w["state"],
                 w["pid"] or "-",
                 _ago(now, w.get("started_at")) if w.get("pid") else "-",
+                _idle(w),
                 w.get("restarts", 0),
                 _last_exit(now, w),
             ]
@@ -72,13 +79,27 @@ def worker_list(args: argparse.Namespace, paths: Paths) -> int:
     for w in workers:
         if w.get("error") and w["state"] in ("restarting", "crash-loop"):
             emit(f"{w['id']}: {w['error']}")
+    if any(w["state"] == "parked" for w in workers):
+        emit("parked: unloaded while idle; the next request for its model loads it again")
     return 0
+
+
+def _idle(worker: dict[str, Any]) -> str:
+    """Time since a ready worker's last request ("-": busy, not ready, or parked)."""
+    idle = worker.get("idle_s")
+    if worker["state"] != "ready" or not isinstance(idle, int | float) or worker.get("outstanding"):
+        return "-"
+    return _span(idle)
 
 
 def _ago(now: float, then: object) -> str:
     if not isinstance(then, int | float) or not then:
         return "-"
-    seconds = max(0.0, now - then)
+    return _span(now - then)
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0.0, seconds)
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:

@@ -72,10 +72,9 @@ class Timeouts:
     connect: float = 5.0
     """Opening a TCP connection to a queen, hive or worker."""
     first_byte: float = 120.0
-    """From sending a request to its first byte, and between two chunks of a stream (covers
-    waiting in a worker's queue and prompt processing)."""
-    generation: float = 600.0
-    """A whole answer that is not streamed."""
+    """How long a request waits for a worker of its model that is starting or restarting (a
+    model loaded on demand waits for its load deadline instead). Queueing and generation are
+    bounded by the request's deadline (rbee.config.limits.Limits.request_timeout)."""
     worker_ready: float = 120.0
     """From spawning a worker to its model being loaded and its port open."""
     stop_grace: float = 5.0

@@ -16,7 +16,7 @@ from rbee.errors import SelectionError
 from rbee.facts import read_gpus
 from rbee.models.gguf import kv_cache_bytes
 
-__all__ = ["check_memory", "create_engine", "device_free_memory"]
+__all__ = ["check_memory", "create_engine", "device_free_memory", "memory_need"]
 
 
 def device_free_memory(device: str) -> int | None:
@@ -28,11 +28,17 @@ def device_free_memory(device: str) -> int | None:
     return next((g.vram_free for g in gpus or () if g.index == index), None)
 
 
-def check_memory(model: str, path: Path, device: str, n_ctx: int) -> None:
-    """InsufficientMemoryError unless the artifact at `path` with `n_ctx` tokens fits `device`."""
+def memory_need(path: Path, n_ctx: int) -> int:
+    """Bytes a worker of the artifact at `path` with `n_ctx` tokens of context needs."""
     kv_cache = kv_cache_bytes(path, n_ctx) if path.is_file() else 0
-    need = estimate_need(artifact_bytes(path), kv_cache=kv_cache)
-    check_fits(model, need, device_free_memory(device), device)
+    return estimate_need(artifact_bytes(path), kv_cache=kv_cache)
+
+
+def check_memory(model: str, path: Path, device: str, n_ctx: int, *, taken: int = 0) -> None:
+    """InsufficientMemoryError unless the artifact at `path` with `n_ctx` tokens fits `device`
+    (`taken`: bytes to count as used on top of what the device reports)."""
+    free = device_free_memory(device)
+    check_fits(model, memory_need(path, n_ctx), None if free is None else free - taken, device)
 
 
 def create_engine(

@@ -14,10 +14,12 @@ from pathlib import Path
 from rbee.errors import InsufficientMemoryError
 
 __all__ = [
+    "FAKE_MEM_ENV",
     "artifact_bytes",
     "cgroup_room",
     "check_fits",
     "estimate_need",
+    "fake_mem_available",
     "format_bytes",
     "mem_available",
 ]
@@ -26,6 +28,17 @@ __all__ = [
 # come on top. 20% plus 64 MiB covers llama.cpp, MLX and ExLlamaV2 on the models measured so far.
 _OVERHEAD_RATIO = 0.20
 _OVERHEAD_FIXED = 64 << 20
+
+
+FAKE_MEM_ENV = "RBEE_FAKE_MEM_AVAILABLE"
+"""Tests set it to simulate a machine short of memory: bytes free while its hive runs no
+worker (the hive subtracts what its workers need; a worker reads it as it is)."""
+
+
+def fake_mem_available() -> int | None:
+    """The simulated free memory (FAKE_MEM_ENV), or None when it is not set."""
+    raw = os.environ.get(FAKE_MEM_ENV, "").strip()
+    return int(raw) if raw.isdigit() else None
 
 
 def format_bytes(n: int) -> str:
@@ -68,6 +81,9 @@ def mem_available() -> int | None:
     On Linux that is MemAvailable, lowered to what the process's memory cgroup (v1 or v2) still
     allows: a hive in a container sees the host's MemAvailable, but only its limit is its own.
     """
+    fake = fake_mem_available()
+    if fake is not None:
+        return fake
     free = _meminfo_available()
     room = _cgroup_room()
     if room is not None and (free is None or room < free):

@@ -35,6 +35,10 @@ def worker_argv(
         argv += ["--threads", str(spec.threads)]
     if spec.cpu_repack != "auto":
         argv += ["--cpu-repack", spec.cpu_repack]
+    if spec.max_queued != WorkerSpec.max_queued:
+        argv += ["--max-queued", str(spec.max_queued)]
+    if spec.max_queued_tokens:
+        argv += ["--max-queued-tokens", str(spec.max_queued_tokens)]
     if spec.embeddings:
         argv.append("--embeddings")
     return argv

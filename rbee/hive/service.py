@@ -14,8 +14,8 @@ from types import TracebackType
 
 from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
-from rbee.engines.factory import check_memory
-from rbee.engines.fit import mem_available
+from rbee.engines.factory import check_memory, memory_need
+from rbee.engines.fit import fake_mem_available, mem_available
 from rbee.engines.select import Choice
 from rbee.errors import WorkerExistsError
 from rbee.facts import Facts, local_facts, read_gpus
@@ -99,11 +99,25 @@ class HiveService:
         stored = await asyncio.to_thread(ensure_model, self.store, spec.model, fmt=choice.format)
         artifact = stored.artifact(choice.format)
         if artifact is not None:  # refuse here what the worker would refuse after starting
+            taken = await asyncio.to_thread(self._simulated_use)
             await asyncio.to_thread(
-                check_memory, spec.model, artifact.path, spec.device, spec.ctx_size
+                check_memory, spec.model, artifact.path, spec.device, spec.ctx_size, taken=taken
             )
         info = await self.supervisor.spawn(spec, worker_id)
         return dataclasses.replace(info, note=choice.note) if choice.note else info
+
+    def _simulated_use(self) -> int:
+        """With simulated free memory (rbee.engines.fit.FAKE_MEM_ENV, tests), the bytes this
+        hive's workers need: the figure does not drop as they load, as real free memory does."""
+        if fake_mem_available() is None:
+            return 0
+        used = 0
+        for info in self.workers():
+            stored = self.store.get(info.model)
+            artifact = stored.artifact("gguf") if stored is not None else None
+            if artifact is not None and info.state != "exited":
+                used += memory_need(artifact.path, info.context_length)
+        return used
 
     async def stop(self, worker_id: str) -> WorkerInfo:
         """Stop one worker (TERM, then KILL after the grace period)."""

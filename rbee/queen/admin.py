@@ -1,7 +1,9 @@
 """The queen's admin API: workers on every hive, and the hives themselves.
 
 The worker routes are rbee.api.worker_routes, shared with the hives; here they act on every hive:
-GET    /v1/workers                 every worker on every hive (`ID@hive` ids for remote ones)
+GET    /v1/workers                 every worker on every hive (`ID@hive` ids for remote ones),
+                                   with `idle_s` (seconds since its last request) and the
+                                   parked ones (state `parked`, unloaded until a request)
 POST   /v1/workers                 {"model", "hive"?, "engine"?, "device"?, "ctx_size"?, …}
 DELETE /v1/workers/{id}            stop one worker, for good
 POST   /v1/workers/{id}/restart    start one worker again now (also ends a crash-loop)
@@ -54,11 +56,24 @@ class QueenWorkers:
         endpoint = self.queen.registry.endpoint(hive, info.id)
         out["outstanding"] = endpoint.outstanding if endpoint else 0
         out["dispatched"] = endpoint.dispatched if endpoint else 0
+        out["idle_s"] = round(endpoint.idle_for, 1) if endpoint else None
+        wanted = self.queen.desired.get(hive, info.id)
+        out["parked"] = bool(wanted and wanted.parked)
         return out
 
     def list_workers(self) -> list[dict[str, Any]]:
-        """Every worker on every hive."""
-        return [self.worker_json(h, w) for h, w in self.queen.workers()]
+        """Every worker on every hive, then the parked ones that are not running."""
+        running = self.queen.workers()
+        present = {(h, w.id) for h, w in running}
+        listed = [self.worker_json(h, w) for h, w in running]
+        for d in self.queen.desired.workers():
+            if d.parked and d.key not in present:
+                spec = d.spec
+                info = WorkerInfo(id=d.id, model=spec.model, engine=spec.engine,
+                                  device=spec.device, state="exited", context_length=spec.ctx_size,
+                                  embeddings=spec.embeddings)  # fmt: skip
+                listed.append({**self.worker_json(d.hive, info), "state": "parked"})
+        return listed
 
     async def spawn_worker(self, body: Any) -> dict[str, Any]:
         """Start a worker on the hive the body names (this machine by default)."""

@@ -2,7 +2,9 @@
 
 GET    /health                      liveness, a summary, and `degraded` with the problems (a
                                      desired worker missing, restarting or in crash-loop)
-GET    /v1/models                   models with at least one ready worker
+GET    /metrics                     Prometheus text format (docs/api.md, "Metrics")
+GET    /v1/models                   models with a ready worker, and those a request loads
+                                     (`"loaded": false`: stored or parked, rbee.queen.autoload)
 POST   /v1/chat/completions         routed to a worker, streamed token by token
 POST   /v1/completions              same, for text completions
 POST   /v1/embeddings               routed to a worker loaded for embeddings (`--embeddings`)
@@ -15,11 +17,13 @@ POST   /v1/workers/{id}/restart     start one worker again
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -28,7 +32,13 @@ from starlette.routing import Route
 
 from rbee import __version__
 from rbee.api import responses
-from rbee.api.http import EXCEPTION_HANDLERS, ApiKeyMiddleware, parse_json, read_body
+from rbee.api.http import (
+    EXCEPTION_HANDLERS,
+    AccessLogMiddleware,
+    ApiKeyMiddleware,
+    parse_json,
+    read_body,
+)
 from rbee.api.openai import (
     ChatRequest,
     CompletionRequest,
@@ -38,9 +48,11 @@ from rbee.api.openai import (
 )
 from rbee.api.worker_routes import worker_routes
 from rbee.errors import ApiError
+from rbee.models.catalog import CATALOG
 from rbee.queen.admin import QueenWorkers, admin_routes
 from rbee.queen.job_ops import JOB_CHECKS, JOB_RUNNERS
 from rbee.queen.jobs_routes import job_routes
+from rbee.queen.metrics import take_snapshot
 from rbee.queen.service import LOCAL_HIVE, Queen
 
 __all__ = ["create_app"]
@@ -72,11 +84,47 @@ async def health(request: Request) -> Response:
     )
 
 
+async def metrics(request: Request) -> Response:
+    queen = _queen(request)
+    fleet = queen.fleet.running().values()
+    snapshot = await take_snapshot(queen.registry, fleet, queen.relay.worker_health)
+    return Response(queen.metrics.render(snapshot), media_type=CONTENT_TYPE_LATEST)
+
+
 async def models(request: Request) -> Response:
-    served = _queen(request).registry.served_models()
+    queen = _queen(request)
+    served = queen.registry.served_models()
     now = int(time.time())
-    entries = [{"id": m, "created": now, "context_length": ctx} for m, ctx in served.items()]
+    entries = [
+        {"id": m, "created": now, "context_length": ctx, "loaded": True}
+        for m, ctx in served.items()
+    ]
+    candidates = {*queen.desired.models(), *await asyncio.to_thread(queen.stored_models)}
+    for model in sorted(candidates - served.keys()):
+        ctx = queen.known_models(embeddings=False).get(model) or queen.loadable_context(
+            model, embeddings=False
+        )
+        if ctx is not None:
+            entries.append({"id": model, "created": now, "context_length": ctx, "loaded": False})
     return JSONResponse(responses.model_list(entries))
+
+
+def _not_loadable(queen: Queen, model: str, *, embeddings: bool) -> str:
+    """Why a request for `model` cannot load it, and what to do (for the 404's message)."""
+    name = model[:100]
+    flag = " --embeddings" if embeddings else ""
+    if model in CATALOG and not queen.autoloader.stored_here(model):
+        return (
+            f"the model {name!r} is in the catalog but not stored on this machine; get it with "
+            f"`rbee model download {name}` (a request never downloads a model)"
+        )
+    if queen.autoloader.stored_here(model):
+        return (
+            f"the model {name!r} is stored but not loaded on demand (autoload is off: "
+            f"--no-autoload, RBEE_AUTOLOAD or rbee.toml); start a worker with "
+            f"`rbee worker spawn --model {name}{flag}`"
+        )
+    return ""
 
 
 def _generation_route(
@@ -87,14 +135,21 @@ def _generation_route(
         raw = await read_body(request)
         parsed = parse(parse_json(raw))
         served = queen.registry.served_models(embeddings=False)
-        context = served.get(parsed.model) or queen.known_models(embeddings=False).get(parsed.model)
+        context = (
+            served.get(parsed.model)
+            or queen.known_models(embeddings=False).get(parsed.model)
+            or queen.loadable_context(parsed.model, embeddings=False)
+        )
         if context is None:
             name = parsed.model[:100]
+            why = _not_loadable(queen, parsed.model, embeddings=False)
             if parsed.model in queen.known_models(embeddings=True):
                 message = (
                     f"the model {name!r} has only workers loaded for embeddings (--embeddings); "
                     f"start one for chat and completions with `rbee worker spawn --model {name}`"
                 )
+            elif why:
+                message = why
             else:
                 listing = (
                     ", ".join(served) or "none (start one with `rbee worker spawn --model ID`)"
@@ -122,8 +177,12 @@ async def embeddings(request: Request) -> Response:
     queen = _queen(request)
     raw = await read_body(request)
     parsed = parse_embedding_request(parse_json(raw))
-    if parsed.model not in queen.known_models(embeddings=True):
+    known = parsed.model in queen.known_models(embeddings=True)
+    if not known and queen.loadable_context(parsed.model, embeddings=True) is None:
         name = parsed.model[:100]
+        why = _not_loadable(queen, parsed.model, embeddings=True)
+        if why:
+            raise ApiError(404, why, param="model", code="model_not_found")
         if parsed.model in queen.known_models(embeddings=False):
             where = f"the model {name!r} has no worker loaded for embeddings"
         else:
@@ -146,10 +205,14 @@ async def embeddings(request: Request) -> Response:
 def create_app(queen: Queen) -> Starlette:
     """The queen app over a running Queen (the daemon owns the Queen's lifetime)."""
     api_key = queen.options.api_key
-    middleware = [Middleware(ApiKeyMiddleware, api_key=api_key)] if api_key else []
+    # The access log is outermost: it sees every answer, a refused API key's included.
+    middleware = [Middleware(AccessLogMiddleware)]
+    if api_key:
+        middleware.append(Middleware(ApiKeyMiddleware, api_key=api_key))
     app = Starlette(
         routes=[
             Route("/health", health),
+            Route("/metrics", metrics),
             Route("/v1/models", models),
             Route(
                 "/v1/chat/completions",

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from rbee.config.limits import Limits
 from rbee.config.settings import Paths, Timeouts
 from rbee.errors import ConfigError, QueenError, QueenNotRunningError
 from rbee.fsutil import atomic_write_text
@@ -37,6 +38,7 @@ from rbee.queen.service import Queen, QueenOptions
 
 __all__ = [
     "QueenRecord",
+    "limit_flags",
     "read_record",
     "run_queen",
     "start_daemon",
@@ -140,7 +142,20 @@ def queen_run_argv(paths: Paths, options: QueenOptions) -> list[str]:
     ]  # fmt: skip
     for spec in options.models:
         argv += ["--model", spec.model]
-    return argv
+    return argv + limit_flags(options.limits)
+
+
+def limit_flags(limits: Limits) -> list[str]:
+    """The flags that give `rbee queen run` these limits (those of rbee.toml and RBEE_* come
+    out the same; the flags given to `rbee queen start` are passed on this way)."""
+    flags = [
+        "--max-queued", str(limits.max_queued),
+        "--max-queued-tokens", str(limits.max_queued_tokens),
+        "--request-timeout", repr(limits.request_timeout),
+        "--load-timeout", repr(limits.load_timeout),
+        "--idle-ttl", repr(limits.idle_ttl),
+    ]  # fmt: skip
+    return flags if limits.autoload else [*flags, "--no-autoload"]
 
 
 def _tail(path: Path) -> str:

@@ -7,13 +7,17 @@ is missing, after a crash of a whole hive or a restart of the queen, and stops w
 wanted, such as a worker whose spawn was cancelled. Each worker has an id on its hive, chosen
 when it is first asked for and kept for good, so a stop names exactly the worker it means, and
 the spec is kept as placed (engine, device and repacking decided), so it comes back as it was.
+A worker unloaded for being idle (or to make room) stays wanted but *parked*: the reconciler
+neither starts it nor keeps it running, and the next request for its model brings it back where it
+was (rbee.queen.autoload).
 
 Written atomically whenever it changes, read when the queen starts:
 
     {"version": 2, "hives": {"localhost": {"workers": [{"id": "smollm2-135m-1", "spec": {...}}]},
                              "gpu-box": {"workers": []}}}
 
-A version-1 file (`{"hives": {"alias": [spec, ...]}}`) is read too.
+A parked worker's entry has `"parked": true` (files written before parking existed are read as
+not parked). A version-1 file (`{"hives": {"alias": [spec, ...]}}`) is read too.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class DesiredWorker:
     hive: str
     id: str
     spec: WorkerSpec
+    parked: bool = False
+    """Unloaded (idle, or to make room) until a request for its model brings it back."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -119,6 +125,16 @@ class DesiredState:
             self._save()
         return removed
 
+    def set_parked(self, hive: str, worker_id: str, parked: bool) -> DesiredWorker | None:
+        """Park a wanted worker or bring it back; the worker as it is now, None if not wanted."""
+        current = self.get(hive, worker_id)
+        if current is None or current.parked == parked:
+            return current
+        changed = dataclasses.replace(current, parked=parked)
+        self._hives[hive][worker_id] = changed
+        self._save()
+        return changed
+
     def new_id(self, hive: str, model: str, taken: Collection[str] = ()) -> str:
         """A fresh worker id on `hive`: MODEL-N, N the smallest not wanted nor in `taken`."""
         used = {*self._hives.get(hive, {}), *taken}
@@ -140,11 +156,18 @@ class DesiredState:
         if self._path is None:
             return
         hives = {
-            hive: {"workers": [{"id": w.id, "spec": dataclasses.asdict(w.spec)} for w in ws]}
+            hive: {"workers": [_entry(w) for w in ws]}
             for hive, ws in ((h, list(w.values())) for h, w in self._hives.items())
         }
         body = {"version": 2, "hives": hives}
         atomic_write_text(self._path, json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+
+def _entry(worker: DesiredWorker) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": worker.id, "spec": dataclasses.asdict(worker.spec)}
+    if worker.parked:
+        entry["parked"] = True
+    return entry
 
 
 def _parse(raw: Any) -> dict[str, dict[str, DesiredWorker]]:
@@ -164,6 +187,10 @@ def _parse(raw: Any) -> dict[str, dict[str, DesiredWorker]]:
         else:
             for item in entry["workers"]:
                 worker_id = validate_worker_id(item["id"])
-                workers[worker_id] = DesiredWorker(hive, worker_id, parse_worker_spec(item["spec"]))
+                parked = item.get("parked", False)
+                if not isinstance(parked, bool):
+                    raise TypeError(f"worker {worker_id}: parked must be true or false")
+                spec = parse_worker_spec(item["spec"])
+                workers[worker_id] = DesiredWorker(hive, worker_id, spec, parked)
         found[str(hive)] = workers
     return found

@@ -7,6 +7,9 @@ restarted) and stops what is not wanted (a worker whose spawn was cancelled afte
 started it). A worker that fails to start is tried again with backoff (1 s doubling to 60 s), and
 its error is kept for /health. It wakes when something changes and every few seconds anyway.
 
+A parked worker (unloaded for being idle, rbee.queen.autoload) is wanted but not started, and
+stopped if it runs.
+
 Crashes of single workers are the hive's own business (rbee.hive.supervisor restarts them): to
 the reconciler a restarting or crash-looping worker is present, not missing.
 """
@@ -76,11 +79,14 @@ class Plan:
 def plan(
     desired: Sequence[DesiredWorker], actual: Sequence[WorkerInfo], busy: Collection[str] = ()
 ) -> Plan:
-    """Start what is wanted and absent, stop what is present and unwanted; leave `busy` ids be."""
+    """Start what is wanted and absent, stop what is present and unwanted (or parked); leave
+    `busy` ids be."""
     present = {w.id for w in actual if w.state != "exited"}
-    wanted = {d.id for d in desired}
+    wanted = {d.id for d in desired if not d.parked}
     return Plan(
-        start=tuple(d for d in desired if d.id not in present and d.id not in busy),
+        start=tuple(
+            d for d in desired if not d.parked and d.id not in present and d.id not in busy
+        ),
         stop=tuple(
             w.id
             for w in actual

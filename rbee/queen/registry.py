@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rbee.api.workers import WorkerInfo
 from rbee.queen.scheduler import pick
@@ -29,7 +30,12 @@ class Endpoint:
     forward_url: str | None = None
     """For a worker on another machine: the local end of its SSH port forward."""
     outstanding: int = 0
+    """Requests the queen has sent it that have not ended (queued there or generating)."""
     dispatched: int = 0
+    last_active: float = field(default_factory=time.monotonic)
+    """When it last ended a request (or was first seen): its idle time counts from here."""
+    service_time: float = 0.0
+    """Moving average of a request's time on it, queueing excluded (0: none measured yet)."""
 
     @property
     def id(self) -> str:
@@ -40,6 +46,16 @@ class Endpoint:
     def attempt(self) -> str:
         """This worker in this life: a restarted worker (new pid) may be tried again."""
         return f"{self.id}#{self.info.pid}"
+
+    @property
+    def capacity(self) -> int:
+        """Requests it takes at once: the one it generates and those it queues."""
+        return 1 + self.info.max_queued
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since it last served a request; 0 while it serves one."""
+        return 0.0 if self.outstanding else time.monotonic() - self.last_active
 
     @property
     def url(self) -> str:
@@ -125,7 +141,12 @@ class Registry:
     def choose(
         self, model: str, exclude: Collection[str], *, embeddings: bool = False
     ) -> Endpoint | None:
-        """The ready worker for `model` (with the capability asked) to take the next request;
-        `exclude` holds `Endpoint.attempt` keys of the tries that failed."""
-        ready = [e for e in self.ready(model, embeddings=embeddings) if e.attempt not in exclude]
+        """The ready worker for `model` (with the capability asked) with room for the next
+        request; `exclude` holds `Endpoint.attempt` keys of the tries that failed. None when
+        there is none: all tried, all full (Endpoint.capacity), or none ready."""
+        ready = [
+            e
+            for e in self.ready(model, embeddings=embeddings)
+            if e.attempt not in exclude and e.outstanding < e.capacity
+        ]
         return pick(ready)

@@ -29,11 +29,14 @@ the hive (spawn, list, stop).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import httpx
 from starlette.requests import Request
@@ -42,15 +45,18 @@ from starlette.types import Receive, Scope, Send
 
 from rbee.api import sse
 from rbee.api.disconnect import wait_disconnect
-from rbee.api.http import ClosingStreamingResponse
+from rbee.api.http import DEADLINE_HEADER, ClosingStreamingResponse, request_deadline
+from rbee.config.limits import DEFAULT_LIMITS, Limits
 from rbee.config.settings import Timeouts
-from rbee.errors import ApiError, ClientGoneError
+from rbee.errors import ApiError, ClientGoneError, DeadlineError, OverloadedError
+from rbee.queen.metrics import QueenMetrics
 from rbee.queen.registry import Endpoint, Registry
 from rbee.ssh.connection import MAX_FORWARDED
 
-__all__ = ["RELAYED_PER_HIVE", "Relay", "RelayResponse", "Unavailable"]
+__all__ = ["RELAYED_PER_HIVE", "Relay", "RelayResponse", "Unavailable", "WaitingStream"]
 
 RELAYED_PER_HIVE = MAX_FORWARDED - 1
+QUEUED_HEADER = "x-rbee-queued-ms"
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,9 @@ class Unavailable:
 
     error: ApiError
     coming: bool
+    until: float | None = None
+    """When waiting for the one coming stops (time.monotonic()): a model loaded on demand gets
+    its load deadline; None: the request's first-byte deadline."""
 
 
 Availability = Callable[[str, bool], Unavailable | None]
@@ -85,18 +94,22 @@ class RelayResponse(ClosingStreamingResponse):
     It starts with `opening`, the events read before the answer was handed over (up to the first
     generated token), then relays the rest of `chunks` as they come. `cut` ends it from outside
     at the next chunk (a stream that is generating gets one every token), with an error event and
-    `[DONE]`; `abort` also closes the upstream, for a stream that receives nothing any more.
+    `[DONE]`; `abort` also closes the upstream, for a stream that receives nothing any more. At
+    its deadline it is cut and aborted.
     """
 
     def __init__(
         self,
         upstream: httpx.Response,
-        release: Callable[[], Awaitable[None]],
+        release: Callable[[bool], Awaitable[None]],
         *,
         chunks: AsyncIterator[bytes],
         opening: bytes,
         worker: str,
         streams: set[RelayResponse],
+        deadline: float,
+        headers: Mapping[str, str],
+        on_end: Callable[[], None] = lambda: None,
     ) -> None:
         self._upstream = upstream
         self._chunks = chunks
@@ -104,19 +117,35 @@ class RelayResponse(ClosingStreamingResponse):
         self._release = release
         self._worker = worker
         self._streams = streams
-        self._cut: str | None = None
+        self._deadline = deadline
+        self._on_end = on_end
+        self._cut: ApiError | None = None
+        self._complete = False
+        self._closed = False
         streams.add(self)
-        super().__init__(self._body(), media_type="text/event-stream", headers=_SSE_HEADERS)
+        super().__init__(
+            self.relay(), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
+        )
 
     def cut(self, why: str) -> None:
         """End the stream at its next chunk: an error event saying `why`, then `[DONE]`."""
-        self._cut = why
+        message = f"the stream from worker {self._worker} was ended: {why}"
+        self._cut = ApiError(502, message, type="server_error")
 
     async def abort(self) -> None:
         """Close the upstream, so a stream waiting for a chunk ends now (as cut)."""
         await self._upstream.aclose()
 
-    async def _body(self) -> AsyncIterator[bytes]:
+    def _expire(self) -> None:
+        self._cut = DeadlineError(f"the request's deadline passed while worker {self._worker} "
+                                  "was answering")  # fmt: skip
+        asyncio.get_running_loop().create_task(self.abort())
+
+    async def relay(self) -> AsyncIterator[bytes]:
+        """The stream's bytes: the opening, the rest as it comes, an error event if it breaks."""
+        timer = asyncio.get_running_loop().call_later(
+            max(0.0, self._deadline - time.monotonic()), self._expire
+        )
         try:
             if self._opening:
                 yield self._opening
@@ -125,6 +154,7 @@ class RelayResponse(ClosingStreamingResponse):
                     break
                 yield chunk
             else:
+                self._complete = True
                 return
         except (httpx.HTTPError, RuntimeError) as err:
             # RuntimeError: httpx's answer to reading a stream that abort() closed.
@@ -134,16 +164,97 @@ class RelayResponse(ClosingStreamingResponse):
                 yield sse.encode(ApiError(502, message, type="server_error").body())
                 yield sse.DONE
                 return
-        message = f"the stream from worker {self._worker} was ended: {self._cut}"
-        yield sse.encode(ApiError(502, message, type="server_error").body())
+        finally:
+            timer.cancel()
+        assert self._cut is not None
+        yield sse.encode(self._cut.body())
         yield sse.DONE
+
+    async def close(self) -> None:
+        """Close and release the upstream (once)."""
+        if not self._closed:
+            self._closed = True
+            self._streams.discard(self)
+            await self._release(self._complete)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._streams.discard(self)
-            await self._release()
+            try:
+                await self.close()
+            finally:
+                self._on_end()
+
+
+class WaitingStream(ClosingStreamingResponse):
+    """A stream whose worker is not ready yet (its model loading): SSE comments keep the client
+    from timing out until the answer comes, then the answer is relayed as it comes. Headers went
+    out before a worker was known, so the worker, hive and waits come in an SSE comment."""
+
+    def __init__(
+        self,
+        answer: asyncio.Task[Response],
+        *,
+        model: str,
+        every: float,
+        on_end: Callable[[], None],
+    ) -> None:
+        self._answer = answer
+        self._model = model
+        self._every = every
+        self._on_end = on_end
+        self._inner: RelayResponse | None = None
+        super().__init__(self._body(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        while not self._answer.done():
+            await asyncio.wait({self._answer}, timeout=self._every)
+            if not self._answer.done():
+                yield f": loading {self._model}\n\n".encode()
+        try:
+            answer = self._answer.result()
+        except ApiError as err:
+            yield sse.encode(err.body())
+            yield sse.DONE
+            return
+        if not isinstance(answer, RelayResponse):
+            yield sse.encode(_error_of(answer).body())
+            yield sse.DONE
+            return
+        self._inner = answer
+        trace = " ".join(f"{k.lower()}={v}" for k, v in answer.headers.items()
+                         if k.lower().startswith("x-rbee-"))  # fmt: skip
+        yield f": {trace}\n\n".encode()
+        async for chunk in answer.relay():
+            yield chunk
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                if not self._answer.done():
+                    self._answer.cancel()
+                    with contextlib.suppress(BaseException):
+                        await self._answer
+                elif not self._answer.cancelled() and self._answer.exception() is None:
+                    answer = self._answer.result()
+                    if isinstance(answer, RelayResponse):
+                        await answer.close()
+            finally:
+                self._on_end()
+
+
+def _error_of(answer: Response) -> ApiError:
+    """The ApiError a whole (non-stream) error answer carries, for a stream's error event."""
+    try:
+        error = json.loads(bytes(answer.body))["error"]
+        return ApiError(answer.status_code, str(error["message"]), type=str(error["type"]),
+                        code=error.get("code"))  # fmt: skip
+    except (ValueError, KeyError, TypeError):
+        return ApiError(answer.status_code, f"the worker answered {answer.status_code}",
+                        type="server_error")  # fmt: skip
 
 
 class Relay:
@@ -155,9 +266,13 @@ class Relay:
         timeouts: Timeouts,
         *,
         availability: Availability | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        metrics: QueenMetrics | None = None,
     ) -> None:
         self.registry = registry
         self.timeouts = timeouts
+        self.limits = limits
+        self.metrics = metrics or QueenMetrics()
         self._availability = availability
         self._client: httpx.AsyncClient | None = None
         self._hive_clients: dict[str, httpx.AsyncClient] = {}
@@ -172,6 +287,8 @@ class Relay:
     async def __aenter__(self) -> Relay:
         self._client = httpx.AsyncClient(
             timeout=self._stream_timeout(pool=self.timeouts.connect),
+            # Admission bounds what the queen sends each worker (Endpoint.capacity), so the
+            # pool needs no bound of its own.
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             trust_env=False,
         )
@@ -281,44 +398,79 @@ class Relay:
         *,
         embeddings: bool = False,
     ) -> Response:
-        """POST `raw` to `path` on a worker serving `model` (for embeddings, if asked); relay."""
+        """POST `raw` to `path` on a worker serving `model` (for embeddings, if asked); relay.
+
+        Bounded by the request's deadline (`--request-timeout`, lowered by `X-Rbee-Deadline`):
+        past it, 504, and the worker stops (its connection is closed). A stream that has to wait
+        for its worker longer than that is answered at once and kept alive with SSE
+        comments until the worker answers (both every `Limits.keepalive` seconds).
+        """
         if self.closing:
             raise ApiError(503, "the queen is shutting down", type="server_error",
                            code="shutting_down", retry_after=5)  # fmt: skip
+        trip = _Trip(model, path, raw, stream, embeddings,
+                     deadline=request_deadline(request, self.limits.request_timeout))  # fmt: skip
         self._begin()
         handed_over = False
         try:
-            response = await self._forward(
-                request, model, path, raw, stream=stream, embeddings=embeddings
-            )
-            handed_over = isinstance(response, RelayResponse)
+            work = asyncio.ensure_future(self._within_deadline(request, trip))
+            if stream:
+                keepalive = self.limits.keepalive
+                done, _ = await asyncio.wait({work}, timeout=keepalive)
+                if not done:
+                    if trip.waiting_for_worker:
+                        handed_over = True
+                        return WaitingStream(work, model=model, every=keepalive,
+                                             on_end=self._end)  # fmt: skip
+                    await asyncio.wait({work})  # queued at a worker: its headers come first
+            response = await work
+        except ApiError as err:
+            self._count_refusal(model, err)
+            raise
+        else:
+            handed_over = isinstance(response, RelayResponse)  # it ends the request itself
             return response
         finally:
             if not handed_over:
                 self._end()
 
-    async def _forward(
-        self,
-        request: Request,
-        model: str,
-        path: str,
-        raw: bytes,
-        *,
-        stream: bool,
-        embeddings: bool,
-    ) -> Response:
-        deadline = time.monotonic() + self.timeouts.first_byte
+    def _count_refusal(self, model: str, err: ApiError) -> None:
+        self.metrics.request(model, err.status, worker="", hive="")
+        reason = {"server_overloaded": "overloaded", "worker_unavailable": "unavailable",
+                  "request_timeout": "timeout"}.get(err.code or "")  # fmt: skip
+        if reason is not None:
+            self.metrics.rejected(model, reason)
+
+    async def _within_deadline(self, request: Request, trip: _Trip) -> Response:
+        loop = asyncio.get_running_loop()
+        assert trip.deadline is not None
+        try:
+            async with asyncio.timeout_at(loop.time() + trip.deadline - time.monotonic()):
+                return await self._forward(request, trip)
+        except TimeoutError:
+            seconds = time.monotonic() - trip.arrived
+            raise DeadlineError(
+                f"the request's deadline passed after {seconds:.1f}s before its answer came "
+                f"(--request-timeout {self.limits.request_timeout:g}s, or {DEADLINE_HEADER})"
+            ) from None
+
+    async def _forward(self, request: Request, trip: _Trip) -> Response:
+        first_byte = time.monotonic() + self.timeouts.first_byte
         tried: set[str] = set()
         failed: Response | None = None
         while True:
-            endpoint = self.registry.choose(model, tried, embeddings=embeddings)
+            endpoint = self.registry.choose(trip.model, tried, embeddings=trip.embeddings)
             if endpoint is None:
                 if failed is not None:
                     return failed  # every replica answered 5xx: the last one's answer
-                await self._wait_for_worker(request, model, embeddings, deadline)
+                full = [e for e in self.registry.ready(trip.model, embeddings=trip.embeddings)
+                        if e.attempt not in tried]  # fmt: skip
+                if full:
+                    raise _overloaded(trip.model, full)
+                await self._wait_for_worker(request, trip, first_byte)
                 continue
             tried.add(endpoint.attempt)
-            answer = await self._try(request, endpoint, path, raw, stream)
+            answer = await self._try(request, endpoint, trip)
             if answer is None:
                 continue
             if answer.status_code >= 500 and not isinstance(answer, RelayResponse):
@@ -328,12 +480,12 @@ class Relay:
                 continue
             return answer
 
-    async def _wait_for_worker(
-        self, request: Request, model: str, embeddings: bool, deadline: float
-    ) -> None:
-        """Wait for the next change of the fleet if a worker of `model` is coming (within the
-        deadline); else raise the 503 saying why none serves."""
-        why = self._availability(model, embeddings) if self._availability else None
+    async def _wait_for_worker(self, request: Request, trip: _Trip, first_byte: float) -> None:
+        """Wait for the next change of the fleet if a worker of the model is coming (within its
+        load deadline, else the first-byte deadline); else raise the 503 saying why none serves.
+        """
+        model = trip.model
+        why = self._availability(model, trip.embeddings) if self._availability else None
         if why is None:
             why = Unavailable(
                 ApiError(
@@ -345,17 +497,20 @@ class Relay:
                 ),
                 coming=False,
             )
-        left = deadline - time.monotonic()
+        left = (why.until if why.until is not None else first_byte) - time.monotonic()
         if not why.coming or left <= 0:
             raise why.error
+        began = time.monotonic()
+        trip.waiting_for_worker = True
         try:
             await self._unless_cut(request, self.registry.wait_changed(min(left, 1.0)))
         except ClientGoneError:
             raise ApiError(499, "the client went away while waiting for a worker") from None
+        finally:
+            trip.waiting_for_worker = False
+            trip.load_wait += time.monotonic() - began
 
-    async def _try(
-        self, request: Request, endpoint: Endpoint, path: str, raw: bytes, stream: bool
-    ) -> Response | None:
+    async def _try(self, request: Request, endpoint: Endpoint, trip: _Trip) -> Response | None:
         """One attempt on `endpoint`: its answer, or None when it failed before answering.
 
         The attempt counts in `endpoint.outstanding` until it ends here, or, for a stream handed
@@ -364,18 +519,22 @@ class Relay:
         client = self._client_for(endpoint)
         endpoint.outstanding += 1
         endpoint.dispatched += 1
+        sent = time.monotonic()
         handed_over = False
+        assert trip.deadline is not None
+        left = max(0.001, trip.deadline - sent)
         upstream_request = client.build_request(
             "POST",
-            endpoint.url + path,
-            content=raw,
-            headers={"content-type": "application/json"},
-            timeout=httpx.USE_CLIENT_DEFAULT if stream else self._whole_answer_timeout(),
+            endpoint.url + trip.path,
+            content=trip.raw,
+            headers={"content-type": "application/json", DEADLINE_HEADER: f"{left:.3f}"},
+            timeout=httpx.Timeout(left, connect=self.timeouts.connect),
         )
         try:
             try:
-                if stream:  # a worker answers a stream's headers at once
-                    upstream = await client.send(upstream_request, stream=True)
+                if trip.stream:  # a worker answers a stream's headers when its engine takes it
+                    sending = client.send(upstream_request, stream=True)
+                    upstream = await self._unless_cut(request, sending)
                 else:  # a whole answer arrives when generation ends: watch the client meanwhile
                     upstream = await self._unless_cut(request, client.send(upstream_request))
             except _RETRYABLE as err:
@@ -383,9 +542,11 @@ class Relay:
                             endpoint.id, err)  # fmt: skip
                 return None
             except ClientGoneError:
+                self.metrics.request(trip.model, 499, worker=endpoint.id, hive=endpoint.hive)
                 return Response(status_code=499)
-            if stream and upstream.status_code == 200:
-                answer = await self._open_stream(request, endpoint, upstream, path)
+            headers = trip.trace(endpoint, upstream, sent)
+            if trip.stream and upstream.status_code == 200:
+                answer = await self._open_stream(request, endpoint, upstream, trip, sent=sent)
                 handed_over = isinstance(answer, RelayResponse)
                 return answer
             try:
@@ -396,10 +557,17 @@ class Relay:
                 return None
             finally:
                 await upstream.aclose()
+            if upstream.status_code == 200:
+                _learn_pace(endpoint, time.monotonic() - sent, upstream)
+            if "retry-after" in upstream.headers:
+                headers["Retry-After"] = upstream.headers["retry-after"]
+            self.metrics.request(trip.model, upstream.status_code, worker=endpoint.id,
+                                 hive=endpoint.hive)  # fmt: skip
             return Response(
                 body,
                 status_code=upstream.status_code,
                 media_type=upstream.headers.get("content-type"),
+                headers=headers,
             )
         except httpx.HTTPError as err:
             raise ApiError(
@@ -408,14 +576,21 @@ class Relay:
         finally:
             if not handed_over:
                 endpoint.outstanding -= 1
+                endpoint.last_active = time.monotonic()
 
     async def _open_stream(
-        self, request: Request, endpoint: Endpoint, upstream: httpx.Response, path: str
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        upstream: httpx.Response,
+        trip: _Trip,
+        *,
+        sent: float,
     ) -> Response | None:
         """Hand a stream over once its first generated token came; None if the worker died
         before that (the worker's queue, the prompt's prefill): the request may go elsewhere."""
         chunks = upstream.aiter_raw()
-        events = 2 if path.endswith("/chat/completions") else 1  # chat: the role chunk first
+        events = 2 if trip.path.endswith("/chat/completions") else 1  # chat: the role chunk first
         try:
             opening = await self._unless_cut(request, _opening(chunks, events))
         except _RETRYABLE as err:
@@ -425,29 +600,128 @@ class Relay:
             return None
         except ClientGoneError:
             await upstream.aclose()
+            self.metrics.request(trip.model, 499, worker=endpoint.id, hive=endpoint.hive)
             return Response(status_code=499)
         except BaseException:
             await upstream.aclose()
             raise
+        first = time.monotonic()
+        self.metrics.first_token(trip.model, worker=endpoint.id, hive=endpoint.hive,
+                                 seconds=first - trip.arrived)  # fmt: skip
+        counted = _TokenCounter(chunks)
 
-        async def release() -> None:
+        async def release(complete: bool) -> None:
             try:
                 await upstream.aclose()
             finally:
+                now = time.monotonic()
                 endpoint.outstanding -= 1
-                self._end()
+                endpoint.last_active = now
+                if complete:
+                    _learn_pace(endpoint, now - sent, upstream)
+                    if counted.events > 1:
+                        self.metrics.per_token(trip.model, worker=endpoint.id, hive=endpoint.hive,
+                                               seconds=(now - first) / counted.events)  # fmt: skip
+                self.metrics.request(trip.model, 200 if complete else 499, worker=endpoint.id,
+                                     hive=endpoint.hive)  # fmt: skip
 
         return RelayResponse(
             upstream,
             release,
-            chunks=chunks,
+            chunks=counted,
             opening=opening,
             worker=endpoint.id,
             streams=self._streams,
+            deadline=trip.deadline or math.inf,
+            headers=trip.trace(endpoint, upstream, sent),
+            on_end=self._end,
         )
 
-    def _whole_answer_timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(self.timeouts.generation, connect=self.timeouts.connect)
+    async def worker_health(self, endpoint: Endpoint) -> dict[str, Any] | None:
+        """A worker's /health, over the connections the relay already uses to reach it; None if
+        it does not answer within 2 s."""
+        try:
+            response = await self._client_for(endpoint).get(endpoint.url + "/health", timeout=2.0)
+            body = response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
+
+
+@dataclass(eq=False)
+class _Trip:
+    """One request on its way through the relay: what to send, its deadline, its waits."""
+
+    model: str
+    path: str
+    raw: bytes
+    stream: bool
+    embeddings: bool
+    deadline: float | None
+    arrived: float = field(default_factory=time.monotonic)
+    waiting_for_worker: bool = False
+    """Now waiting for a worker of the model to come (a load, a restart)."""
+    load_wait: float = 0.0
+    """Seconds it waited for a worker to come."""
+
+    def trace(self, endpoint: Endpoint, upstream: httpx.Response, sent: float) -> dict[str, str]:
+        """The trace headers of the answer `endpoint` gave: which worker, how long it waited."""
+        in_queen = max(0.0, sent - self.arrived - self.load_wait)
+        queued = round(in_queen * 1000) + _queued_ms(upstream)
+        headers = {
+            "X-Rbee-Worker": endpoint.id,
+            "X-Rbee-Hive": endpoint.hive,
+            "X-Rbee-Queued-Ms": str(queued),
+        }
+        if self.load_wait > 0:
+            headers["X-Rbee-Load-Ms"] = str(round(self.load_wait * 1000))
+        return headers
+
+
+def _queued_ms(upstream: httpx.Response) -> int:
+    """How long the worker says the request waited in its queue."""
+    try:
+        return max(0, int(upstream.headers.get(QUEUED_HEADER, "0")))
+    except ValueError:
+        return 0
+
+
+def _learn_pace(endpoint: Endpoint, took: float, upstream: httpx.Response) -> None:
+    """Fold one request's time on `endpoint` (its queueing excluded) into its moving average."""
+    service = max(0.0, took - _queued_ms(upstream) / 1000)
+    mean = endpoint.service_time
+    endpoint.service_time = service if not mean else 0.8 * mean + 0.2 * service
+
+
+def _overloaded(model: str, full: list[Endpoint]) -> OverloadedError:
+    """The 503 for a model whose every ready worker holds all it takes. Retry-After is when the
+    next place frees up at the pace they drain (one request per service time per worker)."""
+    held = sum(e.outstanding for e in full)
+    pace = sum(e.service_time or 1.0 for e in full) / len(full)
+    retry_after = min(60.0, max(1.0, pace / len(full)))
+    takes = ", ".join(sorted({str(e.capacity) for e in full}))
+    return OverloadedError(
+        f"every worker of {model!r} is full: {len(full)} worker(s) hold {held} request(s) "
+        f"(each takes {takes}: one generating, the rest queued); retry in "
+        f"{math.ceil(retry_after)}s",
+        retry_after=retry_after,
+    )
+
+
+class _TokenCounter:
+    """Passes a stream's chunks on, counting its SSE events (about one per token)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self.events = 0
+
+    def __aiter__(self) -> _TokenCounter:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await anext(self._chunks)
+        self.events += chunk.count(b"\n\n")
+        return chunk
 
 
 async def _opening(chunks: AsyncIterator[bytes], events: int) -> bytes:

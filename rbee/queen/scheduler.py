@@ -1,7 +1,10 @@
 """Which worker takes a request: a pure function over the ready candidates.
 
-Least outstanding requests first; among equals, the one given the fewest requests so far, then the
-lowest id, so a run of requests spreads over replicas and the choice is reproducible.
+The candidates are ready workers (loaded, warm): a request never waits for a load while one of
+them has room. Least work per capacity first (outstanding requests over the requests a worker
+takes at once, so a worker that queues more gets more); among equals, the one given the fewest
+requests so far, then the lowest id, so a run of requests spreads over replicas and the choice
+is reproducible.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class Candidate(Protocol):
     def outstanding(self) -> int: ...
     @property
     def dispatched(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
 
 
 C = TypeVar("C", bound=Candidate)
@@ -31,4 +36,7 @@ def pick(candidates: Sequence[C], exclude: Collection[str] = ()) -> C | None:
     usable = [c for c in candidates if c.id not in exclude]
     if not usable:
         return None
-    return min(usable, key=lambda c: (c.outstanding, c.dispatched, c.id))
+    return min(
+        usable,
+        key=lambda c: (c.outstanding / max(1, c.capacity), c.dispatched, c.id),
+    )

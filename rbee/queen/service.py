@@ -4,6 +4,7 @@ Every operator action goes through here and edits the desired state first (rbee.
 a spawn records the worker (placed, with its id) before it starts it, and forgets it again if the
 start fails or is cancelled, stopping whatever was started; a stop forgets it before stopping it,
 so it never comes back. The reconciler (rbee.queen.reconcile) makes every reachable hive match.
+A request for a model without a worker loads one, and idle workers are parked (rbee.queen.autoload).
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from types import TracebackType
 from typing import Any
 
 from rbee.api.workers import WorkerInfo, WorkerSpec, validate_worker_id
+from rbee.config.limits import DEFAULT_LIMITS, Limits
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.select import Choice
 from rbee.errors import ApiError, RbeeError, WorkerNotFoundError
 from rbee.hive.service import HiveService
+from rbee.queen.autoload import Autoloader
 from rbee.queen.desired import DesiredState, DesiredWorker
 from rbee.queen.fleet import Fleet
 from rbee.queen.jobs import JobManager
 from rbee.queen.local import LocalHive
+from rbee.queen.metrics import QueenMetrics
 from rbee.queen.reconcile import HiveHandle, Reconciler
 from rbee.queen.registry import LOCAL_HIVE, Registry
 from rbee.queen.relay import Relay, Unavailable
@@ -52,6 +56,8 @@ class QueenOptions:
     """Run remote hives with this command instead of the installed `rbee` (development)."""
     lease: float = 15.0
     """Seconds a remote hive lives on without the queen's heartbeat."""
+    limits: Limits = DEFAULT_LIMITS
+    """Admission, deadlines, models loaded on demand and unloaded when idle."""
 
 
 class Queen:
@@ -66,7 +72,14 @@ class Queen:
         self.hive = HiveService(paths, timeouts, name=LOCAL_HIVE, on_change=self._on_local_change)
         self.local = LocalHive(self.hive)
         self.reconciler = Reconciler(self.desired, self.handles)
-        self.relay = Relay(self.registry, timeouts, availability=self.unavailable)
+        self.metrics = QueenMetrics()
+        self.relay = Relay(
+            self.registry,
+            timeouts,
+            availability=self.unavailable,
+            limits=options.limits,
+            metrics=self.metrics,
+        )
         self.fleet = Fleet(
             timeouts,
             hives_conf=options.hives_conf,
@@ -76,6 +89,17 @@ class Queen:
             on_state=lambda _: self.reconciler.wake(),
             command=options.hive_command,
             lease=options.lease,
+        )
+        self.autoloader = Autoloader(
+            limits=options.limits,
+            desired=self.desired,
+            registry=self.registry,
+            reconciler=self.reconciler,
+            hives=self.handles,
+            spawn=self.spawn,
+            store=self.hive.store,
+            remote_models=lambda alias: self.fleet.get(alias).models(),
+            metrics=self.metrics,
         )
         self.jobs = JobManager()
         self._stack: contextlib.AsyncExitStack | None = None
@@ -105,6 +129,8 @@ class Queen:
             tg = await stack.enter_async_context(asyncio.TaskGroup())
             reconciling = tg.create_task(self.reconciler.run(), name="reconciler")
             stack.callback(reconciling.cancel)  # first thing on the way out: nothing restarts
+            loading = tg.create_task(self.autoloader.run(), name="autoloader")
+            stack.callback(loading.cancel)
             self._stack = stack.pop_all()
         return self
 
@@ -124,6 +150,7 @@ class Queen:
         for wanted in self.desired.workers(LOCAL_HIVE):
             same = (wanted.spec.model, wanted.spec.embeddings) == (spec.model, spec.embeddings)
             if same and wanted.id not in taken:
+                self.desired.set_parked(*wanted.key, False)  # asked for: loaded, parked or not
                 with self.reconciler.claim(LOCAL_HIVE, wanted.id):
                     if self.hive.supervisor.get(wanted.id) is None:
                         await self.local.start(wanted.spec, wanted.id)
@@ -214,19 +241,44 @@ class Queen:
     # -- what serves and what does not ---------------------------------------------------------
 
     def known_models(self, *, embeddings: bool) -> dict[str, int]:
-        """Models wanted or running somewhere, ready or not, with their smallest context."""
+        """Models wanted (parked ones too) or running somewhere, ready or not, with their
+        smallest context."""
         known = self.desired.models(embeddings=embeddings)
         for model, ctx in self.registry.served_models(embeddings=embeddings, ready=False).items():
             known[model] = min(known.get(model, ctx), ctx)
         return known
 
+    def loadable_context(self, model: str, *, embeddings: bool) -> int | None:
+        """The context a worker loaded on demand for `model` would have (the default of
+        WorkerSpec); None if a request for it cannot load one."""
+        if self.autoloader.loadable(model, embeddings):
+            return WorkerSpec(model=model).ctx_size
+        return None
+
+    def stored_models(self) -> list[str]:
+        """The models in this machine's store (reads the store: call it off the event loop)."""
+        return [m.id for m in self.hive.store.list()]
+
     def unavailable(self, model: str, embeddings: bool) -> Unavailable | None:
         """Why no ready worker serves `model`, and whether one is coming; None if it is not
-        wanted anywhere."""
+        wanted anywhere and cannot be loaded.
+
+        This is where loading on demand starts: when no worker of the model is wanted (parked
+        ones aside) and none runs, the autoloader starts one load and the answer is "coming,
+        until the load deadline"."""
+        loading = self.autoloader.pending(model, embeddings)
+        if loading is not None:
+            return loading
+        why = self._not_serving(model, embeddings)
+        if why is not None:
+            return why
+        return self.autoloader.load(model, embeddings)
+
+    def _not_serving(self, model: str, embeddings: bool) -> Unavailable | None:
         now = time.time()
         endpoints = self.registry.of_model(model, embeddings=embeddings)
         wanted = [d for d in self.desired.workers() if d.spec.model == model
-                  and d.spec.embeddings == embeddings]  # fmt: skip
+                  and d.spec.embeddings == embeddings and not d.parked]  # fmt: skip
         coming = [e for e in endpoints if e.info.state in ("starting", "restarting", "ready")]
         if coming:
             delays = [max(0.0, (e.info.retry_at or now) - now) for e in coming]
@@ -281,6 +333,8 @@ class Queen:
         found: list[dict[str, Any]] = []
         handles = self.handles()
         for d in self.desired.workers():
+            if d.parked:  # unloaded on purpose; a request brings it back
+                continue
             handle = handles.get(d.hive)
             entry = {"hive": d.hive, "worker": d.id, "model": d.spec.model}
             if handle is None or not handle.available:

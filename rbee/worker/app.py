@@ -8,7 +8,7 @@ a 400 that says which worker to start instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -22,7 +22,12 @@ from starlette.routing import Route
 
 from rbee.api import responses, sse
 from rbee.api.disconnect import ClientGoneError, until_disconnect
-from rbee.api.http import EXCEPTION_HANDLERS, ClosingStreamingResponse, read_json
+from rbee.api.http import (
+    EXCEPTION_HANDLERS,
+    ClosingStreamingResponse,
+    read_json,
+    request_deadline,
+)
 from rbee.api.openai import (
     ChatRequest,
     CompletionRequest,
@@ -30,15 +35,18 @@ from rbee.api.openai import (
     parse_completion_request,
     parse_embedding_request,
 )
-from rbee.engines.base import Finish, Prepared, embedder_of
-from rbee.errors import ApiError, EngineError
-from rbee.worker.runner import EngineRunner
+from rbee.engines.base import Finish, embedder_of
+from rbee.errors import ApiError, DeadlineError, EngineError
+from rbee.worker.runner import EngineRunner, Generation
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+QUEUED_HEADER = "X-Rbee-Queued-Ms"
+"""How long the request waited in the worker's queue; a stream's headers go out when the engine
+takes it, so a queued stream shows nothing until then."""
 
 
 def create_app(runner: EngineRunner, model_id: str) -> Starlette:
@@ -65,15 +73,9 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
                 "engine": runner.engine.name,
                 "context_length": runner.engine.context_length,
                 "embeddings": embedder is not None,
-                "stats": {
-                    "requests": stats.requests,
-                    "active": stats.active,
-                    "queued": stats.queued,
-                    "generated_tokens": stats.generated_tokens,
-                    "embedded_inputs": stats.embedded_inputs,
-                    "cancelled": stats.cancelled,
-                    "last_finish": stats.last_finish,
-                },
+                "max_queued": runner.admission.max_queued,
+                "max_queued_tokens": runner.admission.max_queued_tokens,
+                "stats": dataclasses.asdict(stats),
             }
         )
 
@@ -93,14 +95,27 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
                 code="model_not_supported",
             )
         prepared = await runner.prepare(parsed)
+        generation = runner.submit(prepared)  # a full queue: 503 server_overloaded, at once
+        deadline = request_deadline(request, None)
+        if deadline is not None:
+            generation.expire_at(deadline)
+        try:
+            waited = await until_disconnect(request, generation.started())
+        except ClientGoneError:
+            generation.close()
+            return Response(status_code=499)
+        except BaseException:
+            generation.close()
+            raise
+        trace = {QUEUED_HEADER: str(round(waited * 1000))}
         if parsed.stream:
             return ClosingStreamingResponse(
-                _stream(runner, parsed, prepared),
+                _stream(generation, parsed),
                 media_type="text/event-stream",
-                headers=SSE_HEADERS,
+                headers={**SSE_HEADERS, **trace},
             )
         try:
-            text, finish = await until_disconnect(request, _collect(runner, prepared))
+            text, finish = await until_disconnect(request, _collect(generation))
         except ClientGoneError:
             return Response(status_code=499)
         body = responses.completion(
@@ -111,7 +126,7 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
             prompt_tokens=finish.prompt_tokens,
             completion_tokens=finish.completion_tokens,
         )
-        return JSONResponse(body)
+        return JSONResponse(body, headers=trace)
 
     async def chat(request: Request) -> Response:
         return await generate(request, parse_chat_request(await read_json(request)))
@@ -169,18 +184,24 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
     )
 
 
-async def _collect(runner: EngineRunner, prepared: Prepared) -> tuple[str, Finish]:
+async def _collect(generation: Generation) -> tuple[str, Finish]:
     parts: list[str] = []
-    async with contextlib.aclosing(runner.stream(prepared)) as pieces:
-        async for item in pieces:
+    try:
+        async for item in generation:
             if isinstance(item, Finish):
+                if generation.expired:
+                    raise DeadlineError(
+                        f"the request's deadline passed after {item.completion_tokens} tokens"
+                    )
                 return "".join(parts), item
             parts.append(item)
+    finally:
+        generation.close()
     raise EngineError("generation ended without finishing")
 
 
 async def _stream(
-    runner: EngineRunner, parsed: ChatRequest | CompletionRequest, prepared: Prepared
+    generation: Generation, parsed: ChatRequest | CompletionRequest
 ) -> AsyncIterator[bytes]:
     kind, model = parsed.kind, parsed.model
     rid, created = responses.new_id(kind), int(time.time())
@@ -191,27 +212,32 @@ async def _stream(
             responses.chunk(kind, rid, created, model, include_usage=with_usage, **fields)
         )
 
-    if kind == "chat":
-        yield event(role=True)
     try:
-        async with contextlib.aclosing(runner.stream(prepared)) as pieces:
-            async for item in pieces:
-                if isinstance(item, Finish):
-                    yield event(text=None if kind == "chat" else "", finish_reason=item.reason)
-                    if with_usage:
-                        yield sse.encode(
-                            responses.usage_chunk(
-                                kind,
-                                rid,
-                                created,
-                                model,
-                                prompt_tokens=item.prompt_tokens,
-                                completion_tokens=item.completion_tokens,
-                            )
-                        )
+        if kind == "chat":
+            yield event(role=True)
+        async for item in generation:
+            if isinstance(item, Finish):
+                if generation.expired:
+                    message = f"the request's deadline passed after {item.completion_tokens} tokens"
+                    yield sse.encode(DeadlineError(message).body())
                     break
-                yield event(text=item)
+                yield event(text=None if kind == "chat" else "", finish_reason=item.reason)
+                if with_usage:
+                    yield sse.encode(
+                        responses.usage_chunk(
+                            kind,
+                            rid,
+                            created,
+                            model,
+                            prompt_tokens=item.prompt_tokens,
+                            completion_tokens=item.completion_tokens,
+                        )
+                    )
+                break
+            yield event(text=item)
     except EngineError as err:
         log.warning("stream %s failed: %s", rid, err)
         yield sse.encode(ApiError(500, str(err), type="server_error").body())
+    finally:
+        generation.close()
     yield sse.DONE

@@ -31,7 +31,7 @@ from rbee.net import bind_tcp, run_event_loop, uvicorn_server
 from rbee.placement import model_formats, place
 from rbee.proc import arm_parent_death_signal, watch_lifeline
 from rbee.worker.app import create_app
-from rbee.worker.runner import EngineRunner
+from rbee.worker.runner import Admission, EngineRunner
 from rbee.worker.warmup import warm_up
 
 __all__ = ["WorkerOptions", "build_engine", "run_worker"]
@@ -55,6 +55,9 @@ class WorkerOptions:
     parent_pid: int | None = None
     embeddings: bool = False
     cpu_repack: str = AUTO
+    max_queued: int = 8
+    max_queued_tokens: int = 0
+    """0: four times the context length."""
 
 
 def build_engine(paths: Paths, options: WorkerOptions) -> Engine:
@@ -121,7 +124,11 @@ def _arm_exit_watchdog(seconds: float) -> None:
 async def _serve(
     engine: Engine, options: WorkerOptions, sock: socket.socket, timeouts: Timeouts
 ) -> None:
-    async with EngineRunner(engine) as runner:
+    admission = Admission(
+        max_queued=options.max_queued,
+        max_queued_tokens=options.max_queued_tokens or 4 * options.ctx_size,
+    )
+    async with EngineRunner(engine, admission=admission) as runner:
         await warm_up(runner, options.model)
         server = uvicorn_server(create_app(runner, options.model), graceful=timeouts.stop_grace)
 

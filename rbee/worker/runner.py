@@ -18,12 +18,13 @@ scheduling groups and share the machine fairly whatever the niceness.)
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
-import queue
 import sys
 import threading
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -31,9 +32,9 @@ from typing import Literal
 
 from rbee.api.openai import ChatRequest, CompletionRequest, EmbeddingInput
 from rbee.engines.base import Embedder, Embeddings, Engine, Finish, Prepared, embedder_of
-from rbee.errors import EngineError, RbeeError
+from rbee.errors import DeadlineError, EngineError, OverloadedError, RbeeError
 
-__all__ = ["COMPUTE_NICENESS", "EngineRunner", "RunnerStats"]
+__all__ = ["COMPUTE_NICENESS", "Admission", "EngineRunner", "Generation", "RunnerStats"]
 
 log = logging.getLogger(__name__)
 
@@ -54,46 +55,136 @@ def _lower_this_threads_priority(increment: int) -> None:
             log.warning("could not lower the engine thread's priority: %s", err)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """How much a worker takes on: the request it runs and `max_queued` more waiting, holding
+    `max_queued_tokens` prompt tokens at most between them (0: no bound on tokens)."""
+
+    max_queued: int = 8
+    max_queued_tokens: int = 0
+
+
 @dataclass
 class RunnerStats:
-    """Counters a worker reports on /health (the tests watch them to see cancellation); they
+    """Counters a worker reports on /health (the queen's metrics and the tests read them); they
     include the warm-up decode (rbee.worker.warmup)."""
 
     requests: int = 0
+    """Admitted."""
+    rejected: int = 0
+    """Refused at admission: the queue was full."""
+    dropped: int = 0
+    """Left the queue before the engine saw them (client gone, deadline passed)."""
+    started: int = 0
+    """Taken by the engine."""
     active: int = 0
     queued: int = 0
+    queued_tokens: int = 0
+    prompt_tokens: int = 0
     generated_tokens: int = 0
     embedded_inputs: int = 0
     cancelled: int = 0
+    mean_service_s: float = 0.0
+    """Moving average of a request's time on the engine (its queueing excluded)."""
     last_finish: dict[str, object] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     prepared: Prepared
     cancel: threading.Event
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[_Item]
+    started: asyncio.Future[float]
+    """Set to the seconds it waited when the engine takes it."""
+    tokens: int
+    admitted_at: float = field(default_factory=time.monotonic)
 
 
-@dataclass
+@dataclass(eq=False)
 class _EmbedJob:
     embedder: Embedder
     inputs: tuple[tuple[int, ...], ...]
     cancel: threading.Event
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[Embeddings]
+    started: asyncio.Future[float]
+    tokens: int
+    admitted_at: float = field(default_factory=time.monotonic)
+
+
+class Generation:
+    """One admitted generation: `started()` waits for the engine to take it, iterating yields
+    its pieces then its Finish, `close()` takes it out of the queue or stops it."""
+
+    def __init__(self, runner: EngineRunner, job: _Job) -> None:
+        self._runner = runner
+        self._job = job
+        self._timer: asyncio.TimerHandle | None = None
+        self._finished = False
+        self.expired = False
+        """Its deadline passed: it left the queue, or the engine stopped it."""
+
+    def expire_at(self, deadline: float) -> None:
+        """Stop it at `deadline` (time.monotonic()): out of the queue, or the engine stops."""
+        delay = max(0.0, deadline - time.monotonic())
+        self._timer = self._job.loop.call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.close()
+
+    async def started(self) -> float:
+        """Wait until the engine takes it; the seconds it waited in the queue. DeadlineError if
+        its deadline passes first."""
+        try:
+            return await asyncio.shield(self._job.started)
+        except asyncio.CancelledError:
+            if self.expired and self._job.started.cancelled():
+                raise DeadlineError(
+                    "the request's deadline passed while it waited in the queue"
+                ) from None
+            raise
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> str | Finish:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._job.out.get()
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise EngineError(f"generation failed: {item}") from item
+        self._finished = isinstance(item, Finish)
+        return item
+
+    def close(self) -> None:
+        """Leave the queue now if still in it; else stop generating at the next token."""
+        if self._timer is not None and not self.expired:
+            self._timer.cancel()
+        self._runner._withdraw(self._job)
 
 
 class EngineRunner:
-    """Owns the engine thread; `stream()` runs one generation on it, `embed()` one embedding."""
+    """Owns the engine thread and its queue; `submit()` admits a generation, `embed()` an
+    embedding; a full queue refuses at once with OverloadedError."""
 
-    def __init__(self, engine: Engine, *, niceness: int = COMPUTE_NICENESS) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        niceness: int = COMPUTE_NICENESS,
+        admission: Admission = Admission(),
+    ) -> None:
         self.engine = engine
+        self.admission = admission
         self._niceness = niceness
         self._loaded: asyncio.Future[None] | None = None
         self.stats = RunnerStats()
-        self._jobs: queue.SimpleQueue[_Job | _EmbedJob | None] = queue.SimpleQueue()
+        self._queue: collections.deque[_Job | _EmbedJob] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
         self._thread: threading.Thread | None = None
         self._state: Literal["new", "running", "closed"] = "new"
 
@@ -124,7 +215,9 @@ class EngineRunner:
         tb: TracebackType | None,
     ) -> None:
         self._state = "closed"
-        self._jobs.put(None)
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
         thread = self._thread
         if thread is not None:
             # A generation in progress was cancelled by its client going away; wait for it to
@@ -147,38 +240,108 @@ class EngineRunner:
         """Tokenize embedding inputs off the event loop (tokenizing reads the vocab only)."""
         return await asyncio.to_thread(self._embedder().tokenize_inputs, inputs)
 
-    async def embed(self, inputs: tuple[tuple[int, ...], ...]) -> Embeddings:
-        """Embed tokenized inputs on the engine thread; cancelling the await stops it there."""
+    # -- admission -----------------------------------------------------------------------------
+
+    def _admit(self, job: _Job | _EmbedJob) -> None:
         if self._state != "running":
             raise EngineError("the engine is shutting down")
+        limits = self.admission
+        with self._cond:
+            waiting = len(self._queue)
+            busy = waiting + self.stats.active
+            too_many = busy >= 1 + limits.max_queued
+            too_long = (
+                limits.max_queued_tokens > 0
+                and waiting > 0
+                and self.stats.queued_tokens + job.tokens > limits.max_queued_tokens
+            )
+            if too_many or too_long:
+                self.stats.rejected += 1
+                what = (
+                    f"{waiting} request(s) waiting behind the one it runs (limit "
+                    f"{limits.max_queued})"
+                    if too_many
+                    else f"{self.stats.queued_tokens} prompt tokens waiting (limit "
+                    f"{limits.max_queued_tokens})"
+                )
+                # The next place frees up when the request running now ends.
+                raise OverloadedError(
+                    f"this worker is full: {what}; retry later",
+                    retry_after=max(1.0, self.stats.mean_service_s),
+                )
+            self._queue.append(job)
+            self.stats.requests += 1
+            self.stats.queued += 1
+            self.stats.queued_tokens += job.tokens
+            self._cond.notify()
+
+    def _withdraw(self, job: _Job | _EmbedJob) -> None:
+        """Take `job` out of the queue if it is still there; in any case, cancel it."""
+        job.cancel.set()
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return  # taken by the engine already (or done)
+            self.stats.queued -= 1
+            self.stats.queued_tokens -= job.tokens
+            self.stats.dropped += 1
+        if not job.started.done():
+            job.started.cancel()
+
+    def submit(self, prepared: Prepared) -> Generation:
+        """Admit one generation (OverloadedError at once when the queue is full)."""
         loop = asyncio.get_running_loop()
-        job = _EmbedJob(self._embedder(), inputs, threading.Event(), loop, loop.create_future())
-        self.stats.requests += 1
-        self.stats.queued += 1
-        self._jobs.put(job)
-        try:
-            return await job.done
-        finally:
-            job.cancel.set()
+        job = _Job(prepared, threading.Event(), loop, asyncio.Queue(), loop.create_future(),
+                   tokens=len(prepared.tokens))  # fmt: skip
+        self._admit(job)
+        return Generation(self, job)
 
     async def stream(self, prepared: Prepared) -> AsyncGenerator[str | Finish, None]:
         """Yield the pieces of one generation, then its Finish."""
-        if self._state != "running":
-            raise EngineError("the engine is shutting down")
-        job = _Job(prepared, threading.Event(), asyncio.get_running_loop(), asyncio.Queue())
-        self.stats.requests += 1
-        self.stats.queued += 1
-        self._jobs.put(job)
+        generation = self.submit(prepared)
         try:
-            while True:
-                item = await job.out.get()
-                if isinstance(item, BaseException):
-                    raise EngineError(f"generation failed: {item}") from item
+            async for item in generation:
                 yield item
-                if isinstance(item, Finish):
-                    return
         finally:
-            job.cancel.set()
+            generation.close()
+
+    async def embed(self, inputs: tuple[tuple[int, ...], ...]) -> Embeddings:
+        """Embed tokenized inputs on the engine thread; cancelling the await stops it there."""
+        loop = asyncio.get_running_loop()
+        job = _EmbedJob(self._embedder(), inputs, threading.Event(), loop, loop.create_future(),
+                        loop.create_future(), tokens=sum(map(len, inputs)))  # fmt: skip
+        self._admit(job)
+        try:
+            return await job.done
+        finally:
+            self._withdraw(job)
+
+    # -- the engine thread ---------------------------------------------------------------------
+
+    def _next(self) -> _Job | _EmbedJob | None:
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            if self._closing:
+                return None
+            job = self._queue.popleft()
+            self.stats.queued -= 1
+            self.stats.queued_tokens -= job.tokens
+            if job.cancel.is_set():
+                self.stats.dropped += 1
+                return job
+            self.stats.started += 1
+            self.stats.active += 1
+        waited = time.monotonic() - job.admitted_at
+
+        def start() -> None:
+            if not job.started.done():
+                job.started.set_result(waited)
+
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            job.loop.call_soon_threadsafe(start)
+        return job
 
     def _work(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future[None]) -> None:
         _lower_this_threads_priority(self._niceness)
@@ -188,18 +351,21 @@ class EngineRunner:
             loop.call_soon_threadsafe(loaded.set_exception, err)
             return
         loop.call_soon_threadsafe(loaded.set_result, None)
-        while (job := self._jobs.get()) is not None:
-            self.stats.queued -= 1
+        while (job := self._next()) is not None:
             if job.cancel.is_set():
                 continue
-            self.stats.active += 1
+            began = time.monotonic()
             try:
                 if isinstance(job, _EmbedJob):
                     self._run_embed(job)
                 else:
                     self._run(job)
             finally:
-                self.stats.active -= 1
+                took = time.monotonic() - began
+                with self._cond:
+                    self.stats.active -= 1
+                    mean = self.stats.mean_service_s
+                    self.stats.mean_service_s = took if not mean else 0.8 * mean + 0.2 * took
 
     def _run_embed(self, job: _EmbedJob) -> None:
         def settle(result: Embeddings | None, error: BaseException | None) -> None:
@@ -235,6 +401,7 @@ class EngineRunner:
         try:
             for item in self.engine.generate(job.prepared, job.cancel):
                 if isinstance(item, Finish):
+                    self.stats.prompt_tokens += item.prompt_tokens
                     self.stats.generated_tokens += item.completion_tokens
                     if item.reason == "cancelled":
                         self.stats.cancelled += 1

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import posixpath
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +89,9 @@ class RemoteHive:
         self._process: asyncssh.SSHClientProcess[str] | None = None
         self._ran = False
         """The current session reached `running` (a loss after that starts the backoff anew)."""
+        self._conn: HiveConnection | None = None
+        self._heard: float | None = None
+        """When (time.monotonic()) a heartbeat last came back through the hive's PTY."""
 
     # -- what the queen asks (rbee.queen.reconcile.HiveHandle) ---------------------------------
 
@@ -125,6 +129,17 @@ class RemoteHive:
     async def models(self) -> list[dict[str, Any]]:
         """The models in this hive's store, as the hive reports them."""
         return await self._require().models()
+
+    @property
+    def lease_age(self) -> float | None:
+        """Seconds since the hive's PTY echoed the queen's last heartbeat (the hive's lease runs
+        from about then); None while no session has heard one."""
+        return None if self._heard is None else time.monotonic() - self._heard
+
+    @property
+    def ssh_channels(self) -> int | None:
+        """Channels in use on the SSH connection to the hive now; None while not connected."""
+        return None if self._conn is None else self._conn.channels_in_use
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for the queen's API."""
@@ -191,6 +206,8 @@ class RemoteHive:
             finally:
                 self._ready.clear()
                 self._process = None
+                self._conn = None
+                self._heard = None
                 await self.remote.detach()
             if not self._wanted:
                 break
@@ -206,6 +223,7 @@ class RemoteHive:
         self._set_state("stopped")
 
     async def _session(self, conn: HiveConnection) -> None:
+        self._conn = conn
         argv = await self._hive_argv(conn)
         async with conn.channel():  # the hive's session holds one of the connection's slots
             process = await conn.open_session(
@@ -298,6 +316,8 @@ class RemoteHive:
         """Read the hive's lines (reading also keeps the PTY from filling up): its log, echoed
         heartbeats, and its worker events, which update the queen's view at once."""
         while line := await process.stdout.readline():
+            if line.strip() == "hb":
+                self._heard = time.monotonic()
             event = self._event(line)
             if event is None:
                 self._remember(line)
