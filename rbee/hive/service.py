@@ -51,10 +51,21 @@ class HiveService:
         self.store = ModelStore(paths.models_dir)
         self.supervisor = Supervisor(paths, timeouts, on_change=on_change)
         self._facts: Facts | None = None
+        self._reading: asyncio.Future[Facts] | None = None
 
     async def __aenter__(self) -> HiveService:
         await self.supervisor.__aenter__()
+        # Read what the machine is now, in the background (a Python subprocess, about a quarter
+        # of a second): the first placement, often a request waiting for its model, need not.
+        self._read_facts()
         return self
+
+    def _read_facts(self) -> asyncio.Future[Facts]:
+        reading = asyncio.ensure_future(asyncio.to_thread(local_facts))
+        # A failure is raised to the placement that waits for it; none waiting: not logged.
+        reading.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._reading = reading
+        return reading
 
     async def __aexit__(
         self,
@@ -62,6 +73,8 @@ class HiveService:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
         await self.supervisor.__aexit__(exc_type, exc, tb)
 
     def workers(self) -> list[WorkerInfo]:
@@ -78,7 +91,12 @@ class HiveService:
         Placement decides from these, so each spawn sees the memory earlier ones took.
         """
         if self._facts is None:
-            self._facts = await asyncio.to_thread(local_facts)
+            reading = self._reading or self._read_facts()
+            try:
+                self._facts = await asyncio.shield(reading)
+            except Exception:
+                self._reading = None  # the next placement asks again
+                raise
         return await asyncio.to_thread(_refreshed, self._facts)
 
     async def place(self, spec: WorkerSpec) -> tuple[WorkerSpec, Choice]:
