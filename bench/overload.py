@@ -236,43 +236,13 @@ class Servers:
 @contextlib.contextmanager
 def servers() -> Iterator[Servers]:
     """Start `rbee up` and llama_cpp.server; stop both after."""
-    tmp = Path(tempfile.mkdtemp(prefix="rbee-overload-"))
-    data, env = rbee_env(tmp)
-    gguf = model_gguf()
-    queen_port, llama_port = free_port(), free_port()
-    queen_url, llama_url = f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{llama_port}"
-    queen_log, llama_log = tmp / "queen.log", tmp / "llama-server.log"
-    llama_cmd = llama_argv(gguf, llama_port)
-    progress(f"starting rbee on {queen_url} and llama_cpp.server on {llama_url}; logs in {tmp}")
-    queen = spawn(rbee_up_argv(data, queen_port), env, queen_log)
-    llama: subprocess.Popen[bytes] | None = None
-    worker: dict[str, Any] = {}
-    finished = False
-    try:
-        llama = spawn(llama_cmd, dict(os.environ), llama_log)
-        wait_for(lambda: poll_json(f"{queen_url}/health"), queen, queen_log, "rbee queen")
-        worker = wait_for(lambda: ready_worker(queen_url), queen, queen_log, "rbee worker")
-        wait_for(lambda: poll_json(f"{llama_url}/v1/models"), llama, llama_log, "llama_cpp.server")
-        progress(f"ready: rbee worker {worker['id']} (pid {worker.get('pid')}), {THREADS} threads")
+    with relay.rbee_and_llama(rbee_up_argv, "rbee-overload-") as pair:
         yield Servers(
-            urls={"rbee": queen_url, "llama": llama_url},
-            queen_pid=queen.pid,
-            worker_url=str(worker["url"]),
-            llama_command=shlex.join(["python", *llama_cmd[1:]]).replace(str(ROOT) + "/", ""),
+            urls={"rbee": pair.queen_url, "llama": pair.llama_url},
+            queen_pid=pair.queen_pid,
+            worker_url=str(pair.worker["url"]),
+            llama_command=pair.llama_command,
         )
-        finished = True
-    finally:
-        progress("stopping the servers")
-        if llama is not None:
-            stop(llama, "llama_cpp.server")
-        stop(queen, "rbee queen")
-        if worker.get("pid"):
-            wait_gone(int(worker["pid"]), "rbee worker")
-        logs = {"rbee queen": queen_log, "llama_cpp.server": llama_log}
-        if report_server_errors(logs, data) or not finished:
-            progress(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def peak_rss_kb(pid: int) -> int | None:

@@ -328,18 +328,30 @@ class Servers:
     worker: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Pair:
+    """rbee (a queen with one worker of the default model) and llama_cpp.server, both up."""
+
+    queen_url: str
+    llama_url: str
+    queen_pid: int
+    worker: dict[str, Any]
+    llama_command: str
+    """llama_cpp.server's command line, as the result tables show it."""
+
+
 @contextlib.contextmanager
-def servers() -> Iterator[Servers]:
-    """Start the rbee queen (with one worker) and llama_cpp.server; stop everything after."""
-    tmp = Path(tempfile.mkdtemp(prefix="rbee-bench-"))
+def rbee_and_llama(queen_argv: Callable[[Path, int], list[str]], prefix: str) -> Iterator[Pair]:
+    """Start rbee (`queen_argv(data_dir, port)`, which must start one worker) and
+    llama_cpp.server on the same GGUF; stop both after, keeping the logs if anything failed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     data, env = rbee_env(tmp)
     gguf = model_gguf()
     queen_port, llama_port = free_port(), free_port()
     queen_url, llama_url = f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{llama_port}"
     queen_log, llama_log = tmp / "queen.log", tmp / "llama-server.log"
     llama_cmd = llama_argv(gguf, llama_port)
-    progress(f"starting the rbee queen on {queen_url} and llama_cpp.server on {llama_url}")
-    progress(f"logs in {tmp}")
+    progress(f"starting rbee on {queen_url} and llama_cpp.server on {llama_url}; logs in {tmp}")
     queen = spawn(queen_argv(data, queen_port), env, queen_log)
     llama: subprocess.Popen[bytes] | None = None
     worker: dict[str, Any] = {}
@@ -350,14 +362,12 @@ def servers() -> Iterator[Servers]:
         worker = wait_for(lambda: ready_worker(queen_url), queen, queen_log, "rbee worker")
         wait_for(lambda: poll_json(f"{llama_url}/v1/models"), llama, llama_log, "llama_cpp.server")
         progress(f"ready: worker {worker['id']} at {worker['url']}, {THREADS} threads each")
-        yield Servers(
-            targets={
-                "direct": Target("direct", str(worker["url"])),
-                "queen": Target("queen", queen_url),
-                "llama": Target("llama", llama_url),
-            },
-            llama_command=shlex.join(["python", *llama_cmd[1:]]).replace(str(ROOT) + "/", ""),
+        yield Pair(
+            queen_url=queen_url,
+            llama_url=llama_url,
+            queen_pid=queen.pid,
             worker=worker,
+            llama_command=shlex.join(["python", *llama_cmd[1:]]).replace(str(ROOT) + "/", ""),
         )
         finished = True
     finally:
@@ -372,6 +382,21 @@ def servers() -> Iterator[Servers]:
             progress(f"logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[Servers]:
+    """The rbee queen (with one worker) and llama_cpp.server, as this benchmark's targets."""
+    with rbee_and_llama(queen_argv, "rbee-bench-") as pair:
+        yield Servers(
+            targets={
+                "direct": Target("direct", str(pair.worker["url"])),
+                "queen": Target("queen", pair.queen_url),
+                "llama": Target("llama", pair.llama_url),
+            },
+            llama_command=pair.llama_command,
+            worker=pair.worker,
+        )
 
 
 def report_server_errors(logs: dict[str, Path], data: Path) -> int:
