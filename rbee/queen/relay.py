@@ -416,13 +416,16 @@ class Relay:
             work = asyncio.ensure_future(self._within_deadline(request, trip))
             if stream:
                 keepalive = self.limits.keepalive
-                done, _ = await asyncio.wait({work}, timeout=keepalive)
-                if not done:
-                    if trip.waiting_for_worker:
-                        handed_over = True
-                        return WaitingStream(work, model=model, every=keepalive,
-                                             on_end=self._end)  # fmt: skip
-                    await asyncio.wait({work})  # queued at a worker: its headers come first
+                try:
+                    done, _ = await asyncio.wait({work}, timeout=keepalive)
+                except asyncio.CancelledError:
+                    work.cancel()  # asyncio.wait does not pass a cancellation on
+                    raise
+                if not done and trip.waiting_for_worker:
+                    handed_over = True
+                    return WaitingStream(work, model=model, every=keepalive, on_end=self._end)
+            # Not waiting for a worker: queued at one, whose headers come when its engine takes
+            # the request (awaiting the task itself passes a cancellation on to it).
             response = await work
         except ApiError as err:
             self._count_refusal(model, err)
