@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from types import FrameType
@@ -18,7 +20,14 @@ from starlette.types import ASGIApp
 
 from rbee.errors import ConfigError, PortInUseError
 
-__all__ = ["Server", "bind_tcp", "is_loopback", "run_event_loop", "uvicorn_server"]
+__all__ = [
+    "Server",
+    "bind_tcp",
+    "is_loopback",
+    "plain_http_only",
+    "run_event_loop",
+    "uvicorn_server",
+]
 
 
 def is_loopback(host: str) -> bool:
@@ -29,6 +38,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@functools.cache
+def plain_http_only() -> ssl.SSLContext:
+    """The `verify=` for an httpx client that only speaks plain HTTP (to a worker or hive on
+    loopback, or through an SSH forward).
+
+    httpx's default loads the CA bundle for every client, 60-70 ms of blocked event loop, paid
+    right when a worker becomes ready or a hive's first request goes out. This context trusts no
+    CA at all, so a TLS connection through it fails rather than going unverified.
+    """
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:

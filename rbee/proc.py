@@ -19,11 +19,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["arm_parent_death_signal", "pid_alive", "stop_process_group", "watch_lifeline"]
+__all__ = [
+    "arm_parent_death_signal",
+    "pid_alive",
+    "set_process_name",
+    "stop_process_group",
+    "watch_lifeline",
+]
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 
 def arm_parent_death_signal(expected_parent: int | None, sig: int = signal.SIGTERM) -> None:
@@ -36,6 +43,13 @@ def arm_parent_death_signal(expected_parent: int | None, sig: int = signal.SIGTE
     if expected_parent is not None and os.getppid() != expected_parent:
         log.warning("parent %d is gone before start; exiting", expected_parent)
         raise SystemExit(1)
+
+
+def set_process_name(name: str) -> None:
+    """Name this process for `top` and `ps -o comm` (Linux: at most 15 bytes; elsewhere: no-op)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def watch_lifeline(fd: int, on_eof: Callable[[], None]) -> Callable[[], None]:

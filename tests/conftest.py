@@ -21,6 +21,7 @@ from rbee.models.catalog import DEFAULT_MODEL_ID
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore
 from rbee.proc import pid_alive
+from rbee.worker.standby import STANDBY_NAME
 from tests import http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,8 +166,10 @@ def queen(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterat
         yield q
 
 
-def worker_pids(paths: Paths) -> list[int]:
-    """Pids of live `rbee worker run` processes started with this data dir."""
+def worker_pids(paths: Paths, *, standby: bool = False) -> list[int]:
+    """Pids of live worker processes started with this data dir: `rbee worker run`, or a standby
+    that became a worker. `standby`: standbys still waiting too (rbee.worker.standby), i.e. every
+    process that must be gone once its hive is."""
     found = []
     needle = str(paths.data_dir).encode()
     for entry in Path("/proc").iterdir():
@@ -174,8 +177,10 @@ def worker_pids(paths: Paths) -> list[int]:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
+            waiting = (entry / "comm").read_text().strip() == STANDBY_NAME
         except OSError:
             continue
-        if b"worker" in argv and b"run" in argv and needle in argv and pid_alive(int(entry.name)):
+        role = b"run" in argv or (b"standby" in argv and (standby or not waiting))
+        if b"worker" in argv and role and needle in argv and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from rbee.engines.select import Choice, ModelFormats, engine_formats, select_engine
+from rbee.engines.select import (
+    Choice,
+    ModelFormats,
+    default_engine,
+    engine_formats,
+    select_engine,
+)
 from rbee.errors import SelectionError
 from rbee.facts import Facts, Gpu
 
@@ -159,3 +165,19 @@ def test_an_engine_that_does_not_import_is_refused_with_why() -> None:
     )
     # auto passes over it: llama.cpp with Metal
     assert select_engine(broken, MLX, hive="box").engine == "llamacpp"
+
+
+@pytest.mark.parametrize(
+    ("kind", "engines", "expected"),
+    [
+        ("cpu", ("exllamav2", "llama_cpp", "mlx"), "llamacpp"),
+        ("cuda", ("exllamav2", "llama_cpp"), "exllamav2"),
+        ("cuda", ("llama_cpp",), "llamacpp"),  # no cuda extra: llama.cpp with offload
+        ("mac", ("llama_cpp", "mlx"), "mlx"),
+        ("mac", ("llama_cpp",), "llamacpp"),
+    ],
+)
+def test_default_engine_is_what_auto_mostly_picks(
+    kind: str, engines: tuple[str, ...], expected: str
+) -> None:
+    assert default_engine(machine(kind, engines)) == expected

@@ -197,7 +197,7 @@ def test_stops_stick_and_local_workers_come_back_after_a_queen_restart(
         assert sorted(w["id"] for w in queen.workers()) == [f"{MODEL}-1", f"{MODEL}-2"]
         stopped = rbee(paths, "--queen", queen.url, "worker", "stop", f"{MODEL}-1")
         assert stopped.returncode == 0, stopped.stderr
-    assert worker_pids(paths) == []
+    assert worker_pids(paths, standby=True) == []
     with running_queen(paths, models=()) as queen:
         wait_until(
             lambda: [(w["id"], w["state"]) for w in queen.workers()] == [(f"{MODEL}-2", "ready")],
@@ -256,7 +256,7 @@ def test_sigterm_ends_open_streams_with_an_error_event_and_done(
     log = (paths.data_dir / "test-queen.log").read_text()
     assert "Traceback" not in log
     assert "CancelledError" not in log
-    assert worker_pids(paths) == []
+    assert worker_pids(paths, standby=True) == []
 
 
 def test_operations_that_cannot_work_are_refused_at_once(tmp_path: Path, model_cache: Path) -> None:

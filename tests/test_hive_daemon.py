@@ -12,11 +12,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from rbee.config.settings import Paths
+from rbee.hive.launch import STANDBY_DELAY
 from rbee.proc import pid_alive
+from rbee.worker.daemon import WORKER_NAME
+from rbee.worker.standby import STANDBY_NAME
 from tests import http
 from tests.conftest import MODEL, rbee_env, wait_until, worker_pids
 
@@ -35,10 +39,10 @@ class RunningHive:
 
 
 @contextlib.contextmanager
-def hive(paths: Paths, lease: float) -> Iterator[RunningHive]:
+def hive(paths: Paths, lease: float, *, standby: bool = False) -> Iterator[RunningHive]:
     """`rbee hive run --port 0` with a pipe for stdin; killed after the test if still running."""
     argv = [sys.executable, "-m", "rbee", "hive", "run", "--port", "0", "--lease", str(lease),
-            "--name", "test-hive"]  # fmt: skip
+            "--name", "test-hive", *(["--standby"] if standby else [])]  # fmt: skip
     with (paths.data_dir / "hive.log").open("wb") as log:
         proc = subprocess.Popen(argv, env=rbee_env(paths), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=log, text=True)  # fmt: skip
@@ -51,7 +55,7 @@ def hive(paths: Paths, lease: float) -> Iterator[RunningHive]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in worker_pids(paths):
+        for pid in worker_pids(paths, standby=True):
             os.kill(pid, signal.SIGKILL)
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
@@ -173,3 +177,78 @@ def test_bad_requests_to_the_hive(paths: Paths) -> None:
         assert r.json()["error"]["code"] == "worker_not_found"
         h.proc.send_signal(signal.SIGTERM)
         assert h.proc.wait(15) == 0
+
+
+# --- the standby worker (rbee.worker.standby) ---------------------------------------------------
+
+
+def waiting_standbys(paths: Paths) -> list[int]:
+    """Standby processes of this data dir still waiting for their order."""
+    return sorted(set(worker_pids(paths, standby=True)) - set(worker_pids(paths)))
+
+
+def comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def test_the_standby_becomes_the_worker_and_another_takes_its_place(paths: Paths) -> None:
+    with hive(paths, lease=0, standby=True) as h:
+        wait_until(lambda: len(waiting_standbys(paths)) == 1, 30, "the standby to start")
+        (standby,) = waiting_standbys(paths)
+        assert comm(standby) == STANDBY_NAME
+        argv = Path(f"/proc/{standby}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--engine") + 1] == b"llamacpp"  # this hive's facts: a CPU
+        worker = spawn(h)
+        assert worker["state"] == "ready"
+        assert worker["pid"] == standby  # the standby itself runs the worker now
+        assert comm(standby) == WORKER_NAME
+        answer = http.post(f"{worker['url']}/v1/completions",
+                           json={"model": MODEL, "prompt": "Hi", "max_tokens": 3})  # fmt: skip
+        assert answer.status_code == 200
+        assert answer.json()["usage"]["completion_tokens"] == 3
+        log = Path(str(worker["log_path"])).read_text()
+        assert f"standby {standby}: becoming `rbee --data-dir" in log
+        assert "worker run --model smollm2-135m" in log
+        assert "warm-up done" in log  # the worker's own lines follow in its own log
+        # A new standby follows, once the worker has had the machine to itself for a while.
+        wait_until(lambda: len(waiting_standbys(paths)) == 1, STANDBY_DELAY + 30,
+                   "a new standby")  # fmt: skip
+        (again,) = waiting_standbys(paths)
+        assert again != standby
+        # A worker started from the standby restarts like any other after a crash: afresh.
+        os.kill(standby, signal.SIGKILL)
+        wait_until(lambda: worker_pids(paths) not in ([], [standby]), 30, "the restart")
+        everyone = worker_pids(paths, standby=True)
+        h.proc.send_signal(signal.SIGTERM)
+        assert h.proc.wait(15) == 0
+        wait_until(lambda: not any(pid_alive(p) for p in everyone), 5, "every process to exit")
+    assert "Traceback" not in (paths.data_dir / "hive.log").read_text()
+
+
+def test_a_standby_that_died_is_passed_over(paths: Paths) -> None:
+    with hive(paths, lease=0, standby=True) as h:
+        wait_until(lambda: len(waiting_standbys(paths)) == 1, 30, "the standby to start")
+        (standby,) = waiting_standbys(paths)
+        os.kill(standby, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(standby), 5, "the standby to die")
+        worker = spawn(h)
+        assert worker["state"] == "ready"
+        assert worker["pid"] != standby
+        wait_until(lambda: len(waiting_standbys(paths)) == 1, STANDBY_DELAY + 30,
+                   "a new standby")  # fmt: skip
+    log = (paths.data_dir / "hive.log").read_text()
+    assert f"the standby worker (pid {standby}) is gone" in log
+
+
+@pytest.mark.parametrize("how", ["eof", "sigkill"])
+def test_the_waiting_standby_goes_with_its_hive(paths: Paths, how: str) -> None:
+    with hive(paths, lease=30, standby=True) as h:
+        wait_until(lambda: len(waiting_standbys(paths)) == 1, 30, "the standby to start")
+        (standby,) = waiting_standbys(paths)
+        if how == "eof":
+            assert h.proc.stdin is not None
+            h.proc.stdin.close()
+        else:
+            h.proc.send_signal(signal.SIGKILL)
+        h.proc.wait(15)
+        wait_until(lambda: not pid_alive(standby), 5, f"the standby to exit after {how}")

@@ -104,7 +104,7 @@ def test_queen_stop_leaves_no_worker(paths: Paths) -> None:
     finally:
         stopped = rbee(paths, "queen", "stop")
     assert stopped.returncode == 0, stopped.stderr
-    assert worker_pids(paths) == []
+    assert worker_pids(paths, standby=True) == []
     assert not pid_alive(pids[0])
     assert not (paths.run_dir / "queen.json").exists()
     after = rbee(paths, "queen", "status")
@@ -133,7 +133,7 @@ def rbee_up(paths: Paths) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in worker_pids(paths):
+        for pid in worker_pids(paths, standby=True):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -142,10 +142,10 @@ def test_signal_to_rbee_up_stops_everything(paths: Paths, sig: signal.Signals) -
     with rbee_up(paths) as (proc, url):
         r = http.post(f"{url}/v1/completions", json={**COUNTING, "max_tokens": 4})
         assert r.status_code == 200
-        pids = worker_pids(paths)
+        pids = worker_pids(paths, standby=True)
         proc.send_signal(sig)
         assert proc.wait(30) == 0
-        assert worker_pids(paths) == []
+        assert worker_pids(paths, standby=True) == []
         assert not any(pid_alive(p) for p in pids)
     output = (paths.data_dir / "up.log").read_text()
     assert "no worker is left running" in output
@@ -156,7 +156,7 @@ def test_sigkill_of_the_hive_takes_its_workers(paths: Paths) -> None:
     # In integrated mode the hive lives in the queen process: SIGKILL gives it no chance to
     # clean up, so the workers' own layers (PDEATHSIG, lifeline) must end them.
     with rbee_up(paths) as (proc, _):
-        pids = worker_pids(paths)
+        pids = worker_pids(paths, standby=True)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         wait_until(lambda: not any(pid_alive(p) for p in pids), 5, "the orphaned worker to exit")

@@ -68,6 +68,13 @@ def test_model_tables_override_the_defaults_key_by_key() -> None:
     # An explicit autoload = true wins over --no-autoload and allows remote hives.
     assert got.policy("big") == ModelPolicy(autoload=True, idle_ttl=7.0, remote=True)
     assert got.policy("other") == ModelPolicy(autoload=False, idle_ttl=7.0)
+    assert got.remote_autoload()  # "big" may load on a remote hive: they keep a standby
+
+
+def test_remote_hives_keep_a_standby_only_for_a_model_that_may_load_there() -> None:
+    assert not limits("", {}).remote_autoload()
+    assert not limits('[models."a"]\nidle_ttl = 5\n', {}).remote_autoload()
+    assert limits('[models."a"]\nautoload = true\n', {}).remote_autoload()
 
 
 @pytest.mark.parametrize(

@@ -130,14 +130,15 @@ def test_download_one_gguf_file_with_a_token(
     assert (
         f"downloaded smollm2-135m-instruct-gguf (gguf, 98 MB, sha256 {expected.sha256[:12]})" in out
     )
-    stored = ModelStore(paths.models_dir).get("smollm2-135m-instruct-gguf")
+    store = ModelStore(paths.models_dir)
+    stored = store.get("smollm2-135m-instruct-gguf")
     assert stored is not None
     gguf = stored.artifact("gguf")
     assert gguf is not None
     assert gguf.sha256 == expected.sha256
     assert gguf.path.name == GGUF_NAME
     assert gguf.source == f"hf:{GGUF_REPO}@{COMMIT}#{GGUF_NAME}"
-    ModelStore.verify(gguf)
+    store.verify(gguf)
     # The LFS file came through the CDN redirect, in one request from the start.
     assert [(s.path, s.range, s.status) for s in hub.served] == [(GGUF_NAME, None, 200)]
     assert files_under(paths.models_dir / "smollm2-135m-instruct-gguf") == [
@@ -160,7 +161,8 @@ def test_download_a_model_folder(tmp_path: Path, env_hub: FakeHub) -> None:
     assert code == 0, err
     assert "downloaded tiny-llama-4bit (mlx" in out
     assert "4 files" in out
-    stored = ModelStore(paths.models_dir).get("tiny-llama-4bit")
+    store = ModelStore(paths.models_dir)
+    stored = store.get("tiny-llama-4bit")
     assert stored is not None
     mlx = stored.artifact("mlx")
     assert mlx is not None
@@ -173,7 +175,7 @@ def test_download_a_model_folder(tmp_path: Path, env_hub: FakeHub) -> None:
         assert isinstance(data, bytes)
         assert (mlx.path / rel).read_bytes() == data
         assert sha == hashlib.sha256(data).hexdigest()
-    ModelStore.verify(mlx)
+    store.verify(mlx)
     assert ".gitattributes" not in {s.path for s in env_hub.served}
     code, out, _ = cli(paths, "model", "list")
     assert code == 0
@@ -268,7 +270,7 @@ def test_a_broken_transfer_resumes_in_the_next_run(tmp_path: Path, hub: FakeHub)
     assert hub.served[-1].sent == 98_362_432 - kept
     gguf = stored.artifact("gguf")
     assert gguf is not None
-    ModelStore.verify(gguf)
+    store.verify(gguf)
     assert files_under(tmp_path / "models" / "smol") == [f"gguf/{GGUF_NAME}", "manifest.json"]
 
 

@@ -178,8 +178,8 @@ def test_import_a_gguf_and_a_folder_then_list_them_per_format(tmp_path: Path, gg
     assert stored_gguf.source == f"local:{gguf.resolve()}"
     assert sorted(p for p, _, _ in mlx.files) == ["config.json", "model.safetensors",
                                                   "tokenizer.json"]  # fmt: skip
-    ModelStore.verify(stored_gguf)
-    ModelStore.verify(mlx)
+    store.verify(stored_gguf)
+    store.verify(mlx)
 
     rows = [line.split() for line in cli(paths, "model", "list").splitlines()]
     assert rows[0] == ["ID", "FORMAT", "SIZE", "STATE", "SOURCE"]

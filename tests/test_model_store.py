@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -121,8 +122,8 @@ def test_a_model_holds_one_artifact_per_format(tmp_path: Path) -> None:
     assert mlx.files == tuple(sorted((r, len(d), sha(d)) for r, d in MLX.items()))
     assert mlx.sha256 == folder_digest(mlx.files)
     assert mlx.size == sum(len(d) for d in MLX.values())
-    ModelStore.verify(gguf)
-    ModelStore.verify(mlx)
+    store.verify(gguf)
+    store.verify(mlx)
     assert not (tmp_path / "m" / ".incoming").exists()
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert [a["format"] for a in manifest["artifacts"]] == ["gguf", "mlx"]
@@ -192,7 +193,7 @@ def test_an_old_single_gguf_manifest_still_reads(tmp_path: Path) -> None:
     assert gguf is not None
     assert gguf.path == tmp_path / "old-model" / "Old.Q4_1.gguf"
     assert (gguf.size, gguf.sha256, gguf.source) == (len(payload), sha(payload), "pypi:x==1#y")
-    ModelStore.verify(gguf)
+    store.verify(gguf)
     assert [m.id for m in store.list()] == ["old-model"]
 
 
@@ -204,7 +205,7 @@ def test_adding_a_format_to_an_old_model_keeps_its_gguf(tmp_path: Path) -> None:
     gguf = stored.artifact("gguf")
     assert gguf is not None
     assert gguf.path == tmp_path / "old-model" / "Old.Q4_1.gguf"
-    ModelStore.verify(gguf)
+    store.verify(gguf)
     # Replacing the old gguf moves it into the new layout, and the old file goes.
     stored = record(store, "old-model", "gguf", {"New.gguf": b"GGUF-new"}, replace=True)
     assert not (tmp_path / "old-model" / "Old.Q4_1.gguf").exists()
@@ -252,21 +253,72 @@ def test_verify_names_the_bad_file_of_a_folder(tmp_path: Path) -> None:
     mlx = record(store, "m", "mlx", MLX).artifact("mlx")
     assert mlx is not None
     seen: list[int] = []
-    ModelStore.verify(mlx, progress=seen.append)
+    store.verify(mlx, progress=seen.append)
     assert sum(seen) == mlx.size
 
     weights = mlx.path / "model.safetensors"
     weights.write_bytes(b"Weights" + MLX["model.safetensors"][7:])  # same size, other bytes
     with pytest.raises(ChecksumError, match=r"model\.safetensors: sha256 .* does not match"):
-        ModelStore.verify(mlx)
+        store.verify(mlx)
     weights.write_bytes(MLX["model.safetensors"][:-1])
     with pytest.raises(ChecksumError, match=r"model\.safetensors: size \d+ does not match"):
-        ModelStore.verify(mlx)
+        store.verify(mlx)
     weights.unlink()
     with pytest.raises(ChecksumError, match=r"model\.safetensors: missing"):
-        ModelStore.verify(mlx)
+        store.verify(mlx)
     weights.write_bytes(MLX["model.safetensors"])
-    ModelStore.verify(mlx)
+    store.verify(mlx)
     (mlx.path / "sub" / "injected.py").write_text("print('hi')")
     with pytest.raises(ChecksumError, match=r"injected\.py: not part of the recorded mlx"):
-        ModelStore.verify(mlx)
+        store.verify(mlx)
+
+
+def test_a_verified_file_is_not_hashed_again_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("rbee.models.store.STAMP_SETTLE_NS", 0)
+    store = ModelStore(tmp_path)
+    gguf = record(store, "m", "gguf", {"m.gguf": b"GGUF" + b"x" * 5000}).artifact("gguf")
+    assert gguf is not None
+    seen: list[int] = []
+    store.verify(gguf, progress=seen.append)
+    assert sum(seen) == gguf.size  # hashed in full, then stamped
+    stamp = tmp_path / ".verified" / f"{gguf.sha256}.json"
+    assert json.loads(stamp.read_text())["size"] == gguf.size
+    assert store.list()[0].id == "m"  # the stamps' folder is not a model
+
+    seen.clear()
+    store.verify(gguf, progress=seen.append)
+    assert seen == []  # unchanged since: not read again
+
+    time.sleep(0.05)  # past the file system's timestamp tick (a few ms on ext4)
+    data = gguf.path.read_bytes()
+    gguf.path.write_bytes(b"FUGG" + data[4:])  # same size, same inode, other bytes
+    with pytest.raises(ChecksumError, match=r"m\.gguf: sha256 .* does not match"):
+        store.verify(gguf, progress=seen.append)
+    assert sum(seen) == gguf.size
+
+    time.sleep(0.05)
+    gguf.path.write_bytes(data)
+    store.verify(gguf)  # whole again: hashed, and stamped anew
+    seen.clear()
+    store.verify(gguf, progress=seen.append)
+    assert seen == []
+
+
+def test_a_fresh_or_replaced_file_is_hashed_every_time(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    gguf = record(store, "m", "gguf", {"m.gguf": b"GGUF" + b"y" * 5000}).artifact("gguf")
+    assert gguf is not None
+    for _ in range(2):  # written just now: it may still change within the clock's tick
+        seen: list[int] = []
+        store.verify(gguf, progress=seen.append)
+        assert sum(seen) == gguf.size
+    assert not (tmp_path / ".verified").exists()
+
+    stamp = tmp_path / ".verified" / f"{gguf.sha256}.json"
+    stamp.parent.mkdir()
+    stamp.write_text("{not json")  # an unreadable stamp only means a full hash
+    seen = []
+    store.verify(gguf, progress=seen.append)
+    assert sum(seen) == gguf.size

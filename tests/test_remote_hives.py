@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from rbee.config.settings import Paths
+from rbee.worker.standby import STANDBY_NAME
 from tests import http
 from tests.conftest import MODEL, RunningQueen, make_paths, rbee, running_queen, wait_until
 from tests.hives import HiveSet, TestHive, cut_link, pids_in, restore_link, two_hives
@@ -179,3 +180,42 @@ def test_a_restarted_queen_brings_its_hives_and_workers_back(
         assert "uploading model" not in (paths.data_dir / "test-queen.log").read_text()
     for hive in two_hives:
         wait_until(lambda hive=hive: rbee_pids_in(hive) == [], 20, f"{hive.alias} to stop")
+
+
+def waiting_standbys_in(hive: TestHive) -> list[int]:
+    """Standby worker processes waiting for their order in a hive's namespace."""
+    found = []
+    for pid in pids_in(hive):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == STANDBY_NAME:
+                found.append(pid)
+    return found
+
+
+def test_a_hive_that_may_load_on_demand_keeps_a_standby_worker(
+    two_hives: HiveSet, tmp_path: Path, model_cache: Path
+) -> None:
+    # A model whose own table allows loads on remote hives: those hives keep a standby worker,
+    # started with the hive over SSH, and the next worker there is that process.
+    paths = make_paths(tmp_path, model_cache)
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    (paths.config_dir / "rbee.toml").write_text(f'[models."{MODEL}"]\nautoload = true\n')
+    hive = two_hives["hive1"]
+    with queen_for(two_hives, paths) as queen:
+        assert "hive hive1 running" in cli(queen, "hive", "start", "hive1")
+        wait_until(lambda: len(waiting_standbys_in(hive)) == 1, 60, "hive1's standby")
+        (standby,) = waiting_standbys_in(hive)
+        assert "ready" in cli(queen, "worker", "spawn", "--model", MODEL, "--hive", "hive1")
+        (worker,) = queen.workers()
+        assert (worker["hive"], worker["pid"]) == ("hive1", standby)
+        with openai.OpenAI(base_url=queen.base_url, api_key="x", max_retries=0) as client:
+            answer = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+            )
+        assert answer.choices[0].message.content
+        wait_until(lambda: len(waiting_standbys_in(hive)) == 1, 60, "hive1's next standby")
+        assert waiting_standbys_in(hive) != [standby]
+        assert waiting_standbys_in(two_hives["hive2"]) == []  # not started: nothing there
+        queen.proc.send_signal(signal.SIGKILL)
+        queen.proc.wait(10)
+        wait_until(lambda: rbee_pids_in(hive) == [], 5, "hive1 to empty, standby included")

@@ -1,4 +1,4 @@
-"""Commands that run a role in this process or manage the queen daemon."""
+"""Commands that run the queen in this process or manage the queen daemon."""
 
 from __future__ import annotations
 
@@ -14,22 +14,18 @@ from rbee.config.limits import Limits
 from rbee.config.limits_file import ENV_VARS, load_limits
 from rbee.config.settings import Paths
 from rbee.errors import QueenNotRunningError
-from rbee.hive.daemon import HiveOptions, run_hive
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore
 from rbee.queen.daemon import run_queen, start_daemon, stop_daemon
 from rbee.queen.record import read_record
 from rbee.queen.service import QueenOptions
-from rbee.worker.daemon import WorkerOptions, run_worker
 
 __all__ = [
-    "hive_run",
     "queen_run",
     "queen_start",
     "queen_status",
     "queen_stop",
     "up",
-    "worker_run",
 ]
 
 
@@ -127,21 +123,3 @@ def queen_status(args: argparse.Namespace, paths: Paths) -> int:
     emit(f"queen running (pid {health.get('pid')}) at {url}/v1")
     emit(f"workers: {workers.get('ready', 0)} ready of {workers.get('total', 0)}; models: {models}")
     return 0
-
-
-def worker_run(args: argparse.Namespace, paths: Paths) -> int:
-    """One worker in the foreground (what a hive runs)."""
-    options = WorkerOptions(
-        model=args.model, engine=args.engine, device=args.device, port=args.port,
-        ctx_size=args.ctx_size, threads=args.threads, ready_fd=args.ready_fd,
-        lifeline_fd=args.lifeline_fd, parent_pid=args.parent_pid, embeddings=args.embeddings,
-        cpu_repack=args.cpu_repack, max_queued=args.max_queued,
-        max_queued_tokens=args.max_queued_tokens,
-    )  # fmt: skip
-    return run_worker(paths, options)
-
-
-def hive_run(args: argparse.Namespace, paths: Paths) -> int:
-    """One hive in the foreground (what the queen starts over SSH)."""
-    options = HiveOptions(name=args.name, port=args.port, lease=args.lease)
-    return run_hive(paths, options)

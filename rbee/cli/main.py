@@ -269,7 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     wrun.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     wrun.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
     wrun.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
-    wrun.set_defaults(handler=_lazy("daemons", "worker_run"))
+    wrun.set_defaults(handler=_lazy("roles", "worker_run"))
+    wstandby = worker_cmds.add_parser(
+        "standby",
+        help="wait, imported and ready, for a hive to hand over a worker to run (hives use this)",
+    )
+    wstandby.add_argument(
+        "--engine", default="llamacpp", help="the engine whose library to import (llamacpp)"
+    )
+    wstandby.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    wstandby.set_defaults(handler=_lazy("roles", "worker_standby"))
 
     model = commands.add_parser("model", help="models in the catalog and the store")
     model_cmds = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -338,7 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on stdin (0: no lease)",
     )
     hrun.add_argument("--name", default="localhost", help="the hive's name in reports")
-    hrun.set_defaults(handler=_lazy("daemons", "hive_run"))
+    hrun.add_argument(
+        "--standby",
+        action="store_true",
+        help="keep a worker process started ahead of need (models loaded on demand start sooner)",
+    )
+    hrun.set_defaults(handler=_lazy("roles", "hive_run"))
 
     config = commands.add_parser("config", help="check rbee's configuration files")
     config_cmds = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -370,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 _DAEMONS = {
     _lazy("daemons", "queen_run"),
-    _lazy("daemons", "worker_run"),
-    _lazy("daemons", "hive_run"),
+    _lazy("roles", "worker_run"),
+    _lazy("roles", "worker_standby"),
+    _lazy("roles", "hive_run"),
 }
 
 

@@ -5,21 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
-from rbee.models.transfer import Progress as ProgressFn
+    from rbee.models.transfer import Progress as ProgressFn
+
+# rich is imported where a bar is drawn: it costs 75 ms, and every command (and every worker a hive
+# starts) imports this module for its plain lines.
 
 __all__ = [
     "LiveProgress",
@@ -73,6 +67,15 @@ def fetch_progress() -> Iterator[ProgressFn]:
 
         yield plain
         return
+    from rich.progress import (  # noqa: PLC0415 - see the imports above
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -159,6 +162,15 @@ def live_progress() -> Iterator[LiveProgress]:
     if not sys.stderr.isatty():
         yield _PlainProgress()
         return
+    from rich.console import Console  # noqa: PLC0415 - see the imports above
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -47,6 +47,13 @@ class Limits:
     """Default of `ModelPolicy.idle_ttl`."""
     models: Mapping[str, ModelPolicy] = field(default_factory=dict)
     """Per-model policies (`[models."smollm2-135m"]` in rbee.toml)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins (`scheme://host[:port]`, lower case) whose pages a browser lets call the queen
+    (CORS); `("*",)`: any page; empty: none (no CORS headers at all)."""
+
+    def remote_autoload(self) -> bool:
+        """True if some model may be loaded on demand on a remote hive."""
+        return any(p.autoload and p.remote for p in self.models.values())
 
     def policy(self, model: str) -> ModelPolicy:
         """The policy for `model`: its own, else the defaults."""

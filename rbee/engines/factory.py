@@ -7,6 +7,7 @@ imported only here and only when chosen, so a hive without mlx or exllamav2 neve
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from rbee.engines.base import Engine
@@ -16,7 +17,33 @@ from rbee.errors import SelectionError
 from rbee.facts import read_gpus
 from rbee.models.gguf import kv_cache_bytes
 
-__all__ = ["check_memory", "create_engine", "device_free_memory", "memory_need"]
+__all__ = [
+    "check_memory",
+    "create_engine",
+    "device_free_memory",
+    "memory_need",
+    "preload_engine",
+]
+
+
+_LIBRARIES = {
+    "llamacpp": ("rbee.engines.llamacpp", "llama_cpp", "llama_cpp.llama_chat_format"),
+    "mlx": ("rbee.engines.mlx", "mlx_lm"),
+    "exllamav2": ("rbee.engines.exllamav2", "torch", "exllamav2"),
+}
+
+
+def preload_engine(engine: str) -> None:
+    """Import `engine`'s adapter and library now (a standby worker does, ahead of need).
+
+    A library that is missing or broken is left for the engine's own load to report, with the
+    engine's message; unknown engines are ignored the same way.
+    """
+    for module in _LIBRARIES.get(engine, ()):
+        try:
+            importlib.import_module(module)
+        except Exception:  # reported by the engine's load, where it matters
+            return
 
 
 def device_free_memory(device: str) -> int | None:

@@ -26,6 +26,7 @@ __all__ = [
     "ENGINES",
     "Choice",
     "ModelFormats",
+    "default_engine",
     "engine_formats",
     "parse_device",
     "select_engine",
@@ -40,6 +41,8 @@ ENGINES = ("llamacpp", "mlx", "exllamav2")
 _MODULES = {"llamacpp": "llama_cpp", "mlx": "mlx", "exllamav2": "exllamav2"}
 _EXTRAS = {"llamacpp": "rbee", "mlx": "rbee[mlx]", "exllamav2": "rbee[cuda]"}
 _NEEDS = {"llamacpp": "GGUF", "exllamav2": "EXL2 or GPTQ", "mlx": "MLX (or MLX-readable GGUF)"}
+_PREFERRED = {"cuda": "exllamav2", "metal": "mlx", "cpu": "llamacpp"}
+"""The engine a device kind runs best."""
 _LABELS = {"gguf": "GGUF", "mlx": "MLX", "exl2": "EXL2", "gptq": "GPTQ"}
 
 _DEVICE = re.compile(r"(cpu)|(cuda)(?::(\d{1,2}))?|(metal)(?::(0))?")
@@ -101,6 +104,13 @@ def parse_device(device: str, facts: Facts, hive: str) -> str:
     if not facts.apple_silicon:
         raise SelectionError(f"hive {hive} is not an Apple Silicon Mac: it has no metal:0 device")
     return "metal:0"
+
+
+def default_engine(facts: Facts) -> str:
+    """The engine a worker left to `auto` most likely runs on this hive, whatever the model: the
+    default device's own engine if it is installed, else llama.cpp."""
+    preferred = _PREFERRED[_default_device(facts).split(":")[0]]
+    return preferred if _installed(preferred, facts) else "llamacpp"
 
 
 def _devices(facts: Facts) -> list[str]:
@@ -170,7 +180,7 @@ def select_engine(
     if engine != AUTO:
         return Choice(engine, dev, _check_engine(engine, dev, model, facts, hive))
     kind = dev.split(":")[0]
-    preferred = {"cuda": "exllamav2", "metal": "mlx", "cpu": "llamacpp"}[kind]
+    preferred = _PREFERRED[kind]
     try:
         return Choice(preferred, dev, _check_engine(preferred, dev, model, facts, hive))
     except SelectionError as passed_over:

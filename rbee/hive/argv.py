@@ -6,7 +6,7 @@ import sys
 
 from rbee.api.workers import WorkerSpec
 
-__all__ = ["worker_argv"]
+__all__ = ["standby_argv", "worker_argv"]
 
 
 def worker_argv(
@@ -42,3 +42,12 @@ def worker_argv(
     if spec.embeddings:
         argv.append("--embeddings")
     return argv
+
+
+def standby_argv(
+    *, data_dir: str, engine: str, parent_pid: int, python: str = sys.executable
+) -> list[str]:
+    """argv of `rbee worker standby`, importing `engine`'s library while it waits for its order
+    (the ready and lifeline pipes it inherits are named in the order's `rbee worker run` argv)."""
+    return [python, "-m", "rbee", "--data-dir", data_dir, "worker", "standby",
+            "--engine", engine, "--parent-pid", str(parent_pid)]  # fmt: skip

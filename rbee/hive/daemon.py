@@ -51,6 +51,8 @@ class HiveOptions:
     lease: float = 0.0
     """The hive is gone within this many seconds of the last heartbeat line on stdin; 0: no
     lease."""
+    standby: bool = False
+    """Keep a standby worker process (rbee.worker.standby)."""
 
 
 def run_hive(paths: Paths, options: HiveOptions, timeouts: Timeouts = Timeouts()) -> int:
@@ -69,7 +71,9 @@ async def _serve(
         # The queen reads these lines on the SSH session it holds: it knows of a crash at once.
         _say({"event": "worker", "worker": info.to_json(options.name)})
 
-    async with HiveService(paths, timeouts, name=options.name, on_change=report) as hive:
+    async with HiveService(
+        paths, timeouts, name=options.name, on_change=report, standby=options.standby
+    ) as hive:
         server = uvicorn_server(create_app(hive), graceful=timeouts.stop_grace)
         async with asyncio.TaskGroup() as tg:
             side_tasks = [tg.create_task(_announce_ready(server, sock))]

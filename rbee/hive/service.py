@@ -16,7 +16,7 @@ from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.factory import check_memory, memory_need
 from rbee.engines.fit import fake_mem_available, mem_available
-from rbee.engines.select import Choice
+from rbee.engines.select import Choice, default_engine
 from rbee.errors import WorkerExistsError
 from rbee.facts import Facts, local_facts, read_gpus
 from rbee.hive.supervisor import Supervisor
@@ -45,11 +45,13 @@ class HiveService:
         *,
         name: str,
         on_change: Callable[[WorkerInfo], None] | None = None,
+        standby: bool = False,
     ) -> None:
+        """`standby`: keep a worker process started ahead of need (rbee.worker.standby)."""
         self.name = name
         self.paths = paths
         self.store = ModelStore(paths.models_dir)
-        self.supervisor = Supervisor(paths, timeouts, on_change=on_change)
+        self.supervisor = Supervisor(paths, timeouts, on_change=on_change, standby=standby)
         self._facts: Facts | None = None
         self._reading: asyncio.Future[Facts] | None = None
 
@@ -62,10 +64,16 @@ class HiveService:
 
     def _read_facts(self) -> asyncio.Future[Facts]:
         reading = asyncio.ensure_future(asyncio.to_thread(local_facts))
-        # A failure is raised to the placement that waits for it; none waiting: not logged.
-        reading.add_done_callback(lambda f: f.cancelled() or f.exception())
+        reading.add_done_callback(self._facts_read)
         self._reading = reading
         return reading
+
+    def _facts_read(self, reading: asyncio.Future[Facts]) -> None:
+        # A failure is raised to the placement that waits for it; none waiting: not logged.
+        if reading.cancelled() or reading.exception() is not None:
+            return
+        # The next standby worker imports the library this hive's workers most likely use.
+        self.supervisor.standby_engine = default_engine(reading.result())
 
     async def __aexit__(
         self,

@@ -33,9 +33,12 @@ import httpx
 from rbee.api.workers import WorkerInfo, WorkerSpec, exit_description
 from rbee.config.settings import Paths, Timeouts
 from rbee.errors import RbeeError, WorkerError, WorkerExistsError, WorkerNotFoundError
-from rbee.hive.argv import worker_argv
+from rbee.hive.argv import standby_argv, worker_argv
+from rbee.hive.launch import Standby, launch
 from rbee.models.catalog import validate_model_id
+from rbee.net import plain_http_only
 from rbee.proc import stop_process_group
+from rbee.worker.standby import Order
 
 __all__ = ["RestartPolicy", "Supervisor", "restart_delay"]
 
@@ -115,12 +118,20 @@ class Supervisor:
         on_change: Callable[[WorkerInfo], None] | None = None,
         python: str | None = None,
         policy: RestartPolicy = RestartPolicy(),
+        standby: bool = False,
     ) -> None:
         self.paths = paths
         self.timeouts = timeouts
         self.policy = policy
         self._on_change = on_change
         self._python = python
+        self.standby_engine = "llamacpp"
+        """The engine whose library the next standby imports (the hive sets it by its facts)."""
+        self._standby = (
+            Standby(self._standby_argv, paths.logs_dir / "worker-standby.log", timeouts.stop_grace)
+            if standby
+            else None
+        )
         self._workers: dict[str, _Worker] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._state: Literal["new", "open", "closed"] = "new"
@@ -131,7 +142,18 @@ class Supervisor:
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         self._state = "open"
+        if self._standby is not None:
+            self.paths.logs_dir.mkdir(parents=True, exist_ok=True)
+            self._standby.fill()
         return self
+
+    def _standby_argv(self, ready_fd: int, lifeline_fd: int) -> list[str]:
+        return standby_argv(
+            data_dir=str(self.paths.data_dir),
+            engine=self.standby_engine,
+            parent_pid=os.getpid(),
+            **({"python": self._python} if self._python else {}),
+        )
 
     async def __aexit__(
         self,
@@ -141,6 +163,8 @@ class Supervisor:
     ) -> None:
         self._state = "closed"
         try:
+            if self._standby is not None:
+                await self._standby.close()
             await self.stop_all()
         finally:
             # Every life task ends once its worker is stopped. The exception that brought us here
@@ -372,43 +396,42 @@ class Supervisor:
         """Start the process (`again`: once more) and wait for its ready line; WorkerError (the
         process gone) if it does not come."""
         spec, worker_id = worker.spec, worker.info.id
-        ready_r, ready_w = os.pipe()
-        life_r, life_w = os.pipe()
-        os.set_inheritable(life_w, False)
-        argv = worker_argv(
-            spec,
-            data_dir=str(self.paths.data_dir),
-            ready_fd=ready_w,
-            lifeline_fd=life_r,
-            parent_pid=os.getpid(),
-            **({"python": self._python} if self._python else {}),
-        )
-        log.info("starting worker %s: %s", worker_id, " ".join(argv))
+
+        def argv_for(ready_fd: int, lifeline_fd: int) -> list[str]:
+            return worker_argv(
+                spec,
+                data_dir=str(self.paths.data_dir),
+                ready_fd=ready_fd,
+                lifeline_fd=lifeline_fd,
+                parent_pid=os.getpid(),
+                **({"python": self._python} if self._python else {}),
+            )
+
         worker.kill_reason = None
         log_path = self.paths.logs_dir / f"worker-{worker_id}.log"
-        try:
-            with log_path.open("ab") as log_file:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT,
-                    pass_fds=(ready_w, life_r),
-                    start_new_session=True,
+        launched = None
+        if self._standby is not None:
+            launched = await self._standby.take(
+                lambda s: Order(
+                    tuple(argv_for(s.child_ready, s.child_lifeline)[3:]),  # after `python -m rbee`
+                    str(log_path),
+                    dict(os.environ),
                 )
-        except OSError as err:
-            os.close(life_w)
-            os.close(ready_r)
-            raise WorkerError(f"could not start worker {worker_id}: {err}") from err
-        finally:
-            os.close(ready_w)
-            os.close(life_r)
-        worker.proc, worker.lifeline = proc, life_w
+            )
+        how = f" (the standby, pid {launched.proc.pid})" if launched is not None else ""
+        if launched is None:
+            try:
+                launched = await launch(argv_for, log_path)
+            except OSError as err:
+                raise WorkerError(f"could not start worker {worker_id}: {err}") from err
+        argv = argv_for(launched.child_ready, launched.child_lifeline)
+        log.info("starting worker %s: %s%s", worker_id, " ".join(argv), how)
+        worker.proc, worker.lifeline = launched.proc, launched.lifeline
         restarts = worker.info.restarts + (1 if again else 0)
-        self._update(worker, state="starting", pid=proc.pid, port=None, started_at=time.time(),
-                     retry_at=None, restarts=restarts)  # fmt: skip
+        self._update(worker, state="starting", pid=launched.proc.pid, port=None,
+                     started_at=time.time(), retry_at=None, restarts=restarts)  # fmt: skip
         try:
-            port = await self._wait_ready(worker, ready_r)
+            port = await self._wait_ready(worker, launched.ready)
         except BaseException:
             await self._end_process(worker)
             raise
@@ -470,7 +493,9 @@ class Supervisor:
         url = f"http://127.0.0.1:{worker.info.port}/health"
         misses, since = 0, time.monotonic()
         timeout = httpx.Timeout(policy.probe_timeout)
-        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=timeout, trust_env=False, verify=plain_http_only()
+        ) as client:
             while True:
                 await asyncio.sleep(policy.probe_interval)
                 try:

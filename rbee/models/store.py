@@ -9,6 +9,15 @@
 An artifact is listed once the manifest names it, and the manifest is written (atomically, under
 a lock, after the files moved into place) only once every file is whole and hashed, so the store
 never shows half a model. The sha256s are checked again when a worker loads an artifact.
+
+    models/.verified/<sha256>.json   the file that last matched this sha256, as stat saw it
+
+Hashing a file is what a load spends on a big model (seconds per GiB), and a worker loads again
+after every restart. Once a file matched its sha256, its stamp (device, inode, size, mtime and
+ctime in ns) is kept: a file that still has exactly that stamp was not written since, so it is not
+read again. Any write, truncation, replacement or copy changes the stamp (ctime cannot be set
+back), and the file is hashed in full again. A stamp is advisory: a missing or unreadable one
+only means a full hash.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +56,9 @@ __all__ = ["ModelStore", "StoredArtifact", "StoredModel", "list_files"]
 
 _STAGING = ".incoming"
 _LOCKS = ".locks"
+_VERIFIED = ".verified"
+STAMP_SETTLE_NS = 2_000_000_000
+"""A file written less than this long ago is hashed but not stamped (see _verify_file)."""
 
 
 @dataclass(frozen=True)
@@ -281,15 +294,17 @@ class ModelStore:
         folder = self.folder(model_id)
         return tuple(p for p in folder.glob("*.gguf") if p.is_file() and p.name not in named)
 
-    @staticmethod
-    def verify(artifact: StoredArtifact, progress: Callable[[int], None] | None = None) -> None:
+    def verify(
+        self, artifact: StoredArtifact, progress: Callable[[int], None] | None = None
+    ) -> None:
         """Raise ChecksumError unless the artifact's files match their recorded sizes and sha256.
 
-        A folder must hold exactly its listed files; the message names the first bad one.
+        A folder must hold exactly its listed files; the message names the first bad one. A file
+        unchanged since it last matched (its stamp, see the module doc) is not hashed again.
         """
         fix = f"fetch it again with --force, or remove {artifact.path}"
         if not artifact.is_folder:
-            _verify_file(artifact.path, artifact.size, artifact.sha256, progress, fix)
+            self._verify_file(artifact.path, artifact.size, artifact.sha256, progress, fix)
             return
         listed = {rel for rel, _, _ in artifact.files}
         for rel, _ in list_files(artifact.path):
@@ -302,18 +317,51 @@ class ModelStore:
             path = artifact.path / rel
             if not path.is_file():
                 raise ChecksumError(f"{path}: missing from the {artifact.format} artifact; {fix}")
-            _verify_file(path, size, sha, progress, fix)
+            self._verify_file(path, size, sha, progress, fix)
+
+    def _verify_file(
+        self,
+        path: Path,
+        size: int,
+        sha256: str,
+        progress: Callable[[int], None] | None,
+        fix: str,
+    ) -> None:
+        before = os.stat(path)
+        if before.st_size != size:
+            raise ChecksumError(
+                f"{path}: size {before.st_size} does not match the recorded {size}; {fix}"
+            )
+        stamp_path = self.root / _VERIFIED / f"{sha256}.json"
+        stamp = _stamp(path, before)
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(stamp_path.read_text()) == stamp:
+                return
+        actual = sha256_file(path, progress)
+        if actual != sha256:
+            raise ChecksumError(
+                f"{path}: sha256 {actual} does not match the recorded {sha256}; {fix}"
+            )
+        if _stamp(path, os.stat(path)) != stamp:
+            return  # written while it was read: no stamp; the next load hashes it again
+        if time.time_ns() - max(before.st_mtime_ns, before.st_ctime_ns) < STAMP_SETTLE_NS:
+            # Timestamps tick coarsely (a few ms on ext4): a write in the same tick as this
+            # stat would leave the stamp unchanged. Only a file that has settled is stamped.
+            return
+        with contextlib.suppress(OSError):  # advisory: without it the next load hashes again
+            stamp_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(stamp_path, json.dumps(stamp, sort_keys=True) + "\n")
 
 
-def _verify_file(
-    path: Path, size: int, sha256: str, progress: Callable[[int], None] | None, fix: str
-) -> None:
-    actual_size = path.stat().st_size
-    if actual_size != size:
-        raise ChecksumError(f"{path}: size {actual_size} does not match the recorded {size}; {fix}")
-    actual = sha256_file(path, progress)
-    if actual != sha256:
-        raise ChecksumError(f"{path}: sha256 {actual} does not match the recorded {sha256}; {fix}")
+def _stamp(path: Path, st: os.stat_result) -> dict[str, Any]:
+    return {
+        "path": str(path.resolve()),
+        "dev": st.st_dev,
+        "ino": st.st_ino,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+    }
 
 
 def _check_staged(staged: Path, files: Sequence[FileEntry]) -> None:

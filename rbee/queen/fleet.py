@@ -39,8 +39,11 @@ class Fleet:
         on_state: Callable[[str], None] | None = None,
         command: Sequence[str] | None = None,
         lease: float = 15.0,
+        standby: bool = False,
     ) -> None:
+        """`standby`: hives keep a standby worker process (for models loaded on demand)."""
         self._timeouts = timeouts
+        self._standby = standby
         self._conf = hives_conf
         self._store = store
         self._desired = desired
@@ -142,6 +145,7 @@ class Fleet:
             self._timeouts,
             command=self._command,
             lease=self._lease,
+            standby=self._standby,
             on_change=self._on_change,
             on_state=self._on_state,
             store=self._store,

@@ -39,6 +39,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
+
+# httpcore has anyio import its synchronisation module on the first request: 30 ms with the event
+# loop blocked, on the path of the first answer after a model loads. Import it with the relay.
+from anyio import Event as _AnyioEvent  # noqa: F401
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -49,6 +53,7 @@ from rbee.api.http import DEADLINE_HEADER, ClosingStreamingResponse, request_dea
 from rbee.config.limits import DEFAULT_LIMITS, Limits
 from rbee.config.settings import Timeouts
 from rbee.errors import ApiError, ClientGoneError, DeadlineError, OverloadedError
+from rbee.net import plain_http_only
 from rbee.queen.metrics import QueenMetrics
 from rbee.queen.registry import Endpoint, Registry
 from rbee.ssh.connection import MAX_FORWARDED
@@ -291,6 +296,7 @@ class Relay:
             # pool needs no bound of its own.
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             trust_env=False,
+            verify=plain_http_only(),
         )
         return self
 
@@ -324,6 +330,7 @@ class Relay:
                     max_connections=RELAYED_PER_HIVE, max_keepalive_connections=RELAYED_PER_HIVE
                 ),
                 trust_env=False,
+                verify=plain_http_only(),
             )
             self._hive_clients[endpoint.hive] = client
         return client

@@ -69,7 +69,14 @@ class Queen:
         self.timeouts = timeouts
         self.registry = Registry()
         self.desired = DesiredState.load(paths.data_dir / "desired.json", LOCAL_HIVE)
-        self.hive = HiveService(paths, timeouts, name=LOCAL_HIVE, on_change=self._on_local_change)
+        self.hive = HiveService(
+            paths,
+            timeouts,
+            name=LOCAL_HIVE,
+            on_change=self._on_local_change,
+            # A standby worker process makes a load on demand half a second sooner.
+            standby=options.limits.autoload,
+        )
         self.local = LocalHive(self.hive)
         self.reconciler = Reconciler(self.desired, self.handles)
         self.metrics = QueenMetrics()
@@ -89,6 +96,7 @@ class Queen:
             on_state=lambda _: self.reconciler.wake(),
             command=options.hive_command,
             lease=options.lease,
+            standby=options.limits.remote_autoload(),
         )
         self.autoloader = Autoloader(
             limits=options.limits,

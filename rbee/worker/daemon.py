@@ -29,14 +29,18 @@ from rbee.facts import local_facts
 from rbee.models.store import ModelStore
 from rbee.net import bind_tcp, run_event_loop, uvicorn_server
 from rbee.placement import model_formats, place
-from rbee.proc import arm_parent_death_signal, watch_lifeline
+from rbee.proc import arm_parent_death_signal, set_process_name, watch_lifeline
 from rbee.worker.app import create_app
 from rbee.worker.runner import Admission, EngineRunner
 from rbee.worker.warmup import warm_up
 
-__all__ = ["WorkerOptions", "build_engine", "run_worker"]
+__all__ = ["WORKER_NAME", "WorkerOptions", "build_engine", "run_worker"]
+
 
 log = logging.getLogger(__name__)
+
+WORKER_NAME = "rbee-worker"
+"""The process name (`comm`) of every worker, for `top` and `ps -o comm`."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ def run_worker(paths: Paths, options: WorkerOptions, timeouts: Timeouts = Timeou
     """Run a worker in this process until it is stopped; return the exit code."""
     if options.parent_pid is not None:
         arm_parent_death_signal(options.parent_pid)
+    set_process_name(WORKER_NAME)
     engine = build_engine(paths, options)
     sock = bind_tcp(options.host, options.port)
     try:

@@ -60,6 +60,7 @@ class RemoteHive:
         *,
         command: Sequence[str] | None = None,
         lease: float = 15.0,
+        standby: bool = False,
         heartbeat: float = 3.0,
         on_change: OnChange | None = None,
         on_state: Callable[[str], None] | None = None,
@@ -75,6 +76,7 @@ class RemoteHive:
         self._timeouts = timeouts
         self._command = list(command) if command else None
         self._lease = lease
+        self._standby = standby
         self._heartbeat = heartbeat
         self._on_state = on_state
         self._max_backoff = max_backoff
@@ -268,8 +270,9 @@ class RemoteHive:
         if command is None:
             install = await conn.resolve(self.hive.install_dir)
             command = [posixpath.join(install, "venv", "bin", "rbee")]
-        return [*command, "hive", "run", "--port", str(self.hive.hive_port),
+        argv = [*command, "hive", "run", "--port", str(self.hive.hive_port),
                 "--lease", f"{self._lease:g}", "--name", self.name]  # fmt: skip
+        return [*argv, "--standby"] if self._standby else argv
 
     async def _read_ready(self, process: asyncssh.SSHClientProcess[str]) -> tuple[int, int]:
         self._output = []
