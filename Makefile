@@ -2,7 +2,7 @@
 #   make run    set up everything, then serve the default model at http://127.0.0.1:8500/v1
 #   make test   set up everything, then lint, type-check and run every test
 #   make bench  run the benchmarks (relay, cascade, fanout, forward, engines, chaos,
-#               overload), rewrite docs/benchmarks.md
+#               overload, structured), rewrite docs/benchmarks.md
 #   make lock   re-resolve requirements.lock to the newest releases pyproject.toml allows
 #
 # Every install takes its versions from requirements.lock (as constraints, for build environments
@@ -66,6 +66,7 @@ bench: setup sysdeps
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/chaos.py
 	$(BIN)/python bench/overload.py
+	$(BIN)/python bench/structured.py
 
 # One lock for every platform and Python rbee supports (uv resolves "universally": markers keep
 # what differs, such as mlx on macOS and mlx[cpu] on Linux). uv itself comes from the lock.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import httpx
+import llama_cpp
 import openai
 import pytest
 
@@ -27,10 +30,42 @@ async def aclient(queen: RunningQueen) -> AsyncIterator[openai.AsyncOpenAI]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def vocab(model_cache: Path) -> Iterator[llama_cpp.Llama]:
+    """The default model's tokenizer alone (vocab_only: no weights), to name tokens by id."""
+    path = next((model_cache / MODEL).rglob("*.gguf"))
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    yield llm
+    llm.close()
+
+
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
     assert models.data[0].owned_by == "rbee"
+
+
+def test_a_model_is_retrieved_as_listed_created_when_stored(
+    client: openai.OpenAI, queen: RunningQueen
+) -> None:
+    listed = client.models.list().data
+    got = client.models.retrieve(MODEL)
+    assert got.model_dump() == listed[0].model_dump()
+    assert (got.id, got.object, got.owned_by) == (MODEL, "model", "rbee")
+    # `created` is when the model was stored here, the same on every call.
+    manifest = queen.paths.models_dir / MODEL / "manifest.json"
+    assert got.created == int(manifest.stat().st_mtime)
+    assert [m.created for m in client.models.list().data] == [got.created]
+
+
+@pytest.mark.parametrize("name", ["gpt-4", "org/some-model", "ft:gpt-4o:org::abc"])
+def test_an_unknown_model_is_not_found(client: openai.OpenAI, name: str) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve(name)
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert (error["code"], error["param"]) == ("model_not_found", "model")
+    assert MODEL in error["message"]
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:
@@ -184,9 +219,12 @@ def test_unknown_model_is_404_listing_models(client: openai.OpenAI) -> None:
         ({"temperature": 3}, "temperature"),
         ({"top_p": -1}, "top_p"),
         ({"max_tokens": "many"}, "max_tokens"),
-        ({"n": 2}, "n"),
+        ({"n": 9}, "n"),
         ({"max_tokens": 100_000}, "max_tokens"),
         ({"seed": 1.5}, "seed"),
+        ({"logit_bias": {"x": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 500}}, "logit_bias"),
+        ({"tool_choice": "auto"}, "tool_choice"),
     ],
 )
 def test_bad_fields_are_400_naming_the_field(
@@ -202,6 +240,41 @@ def test_bad_fields_are_400_naming_the_field(
     assert isinstance(error, dict)
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
+
+
+def test_logit_bias_bans_and_forces_tokens(client: openai.OpenAI, vocab: llama_cpp.Llama) -> None:
+    def first(**extra: object) -> str:
+        answer = client.completions.create(
+            model=MODEL, prompt="The capital of France is", max_tokens=1, temperature=0, **extra
+        )
+        return answer.choices[0].text
+
+    greedy = first()
+    (token,) = vocab.tokenize(greedy.encode(), add_bos=False, special=False)
+    assert first(logit_bias={str(token): -100}) != greedy
+    (banana,) = vocab.tokenize(b" banana", add_bos=False, special=False)
+    forced = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=3,
+        temperature=0,
+        logit_bias={str(banana): 100},
+    )
+    assert forced.choices[0].message.content == " banana" * 3
+
+
+def test_logit_bias_outside_the_vocabulary_is_400(
+    client: openai.OpenAI, vocab: llama_cpp.Llama
+) -> None:
+    size = vocab.n_vocab()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=2, logit_bias={str(size): 1}
+        )
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["param"] == "logit_bias"
+    assert f"token id {size}" in error["message"]
 
 
 def test_prompt_over_context_is_400(queen: RunningQueen) -> None:
@@ -229,10 +302,11 @@ def test_bad_requests_never_reach_the_engine(queen: RunningQueen) -> None:
     worker = queen.workers()[0]
     before = http.get(f"{worker['url']}/health").json()["stats"]["requests"]
     for body in (
-        {"model": MODEL, "messages": MESSAGES, "n": 3},
+        {"model": MODEL, "messages": MESSAGES, "n": 9},
         {"model": MODEL, "messages": MESSAGES, "temperature": -1},
         {"model": MODEL, "messages": MESSAGES, "max_tokens": 10**6},
         {"model": "nope", "messages": MESSAGES},
+        {"model": MODEL, "messages": MESSAGES, "logit_bias": {"49152": 1}},  # past the vocabulary
     ):
         assert http.post(f"{queen.base_url}/chat/completions", json=body).status_code in {400, 404}
     after = http.get(f"{worker['url']}/health").json()["stats"]["requests"]
@@ -249,3 +323,36 @@ def test_health_and_unknown_paths(queen: RunningQueen) -> None:
     worker = queen.workers()[0]
     wh = http.get(f"{worker['url']}/health").json()
     assert (wh["role"], wh["model"], wh["engine"]) == ("worker", MODEL, "llamacpp")
+
+
+def test_unknown_routes_and_methods_say_what_exists(queen: RunningQueen) -> None:
+    r = http.get(f"{queen.base_url}/chat/completion")
+    assert r.status_code == 404
+    error = r.json()["error"]
+    assert error["code"] == "not_found"
+    for route in ("POST /v1/chat/completions", "GET /v1/models/{model}", "GET, POST /v1/workers"):
+        assert route in error["message"]
+    # A base URL without /v1 is the commonest mistake: the answer says so.
+    r = http.post(f"{queen.url}/chat/completions", json={"model": MODEL})
+    assert r.status_code == 404
+    assert "did you mean /v1/chat/completions?" in r.json()["error"]["message"]
+    for method, path, allowed in (
+        ("DELETE", "/models", "GET"),
+        ("GET", "/chat/completions", "POST"),
+        ("PUT", "/workers", "GET, POST"),
+    ):
+        r = httpx.request(method, f"{queen.base_url}{path}", timeout=http.TIMEOUT)
+        assert r.status_code == 405, (method, path)
+        assert r.headers["allow"] == allowed
+        error = r.json()["error"]
+        assert error["code"] == "method_not_allowed"
+        assert error["message"].endswith(f"this route takes {allowed}")
+
+
+def test_cors_is_off_by_default(queen: RunningQueen) -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    r = httpx.options(f"{queen.base_url}/chat/completions", headers=preflight, timeout=5)
+    assert "access-control-allow-origin" not in r.headers
+    r = http.get(f"{queen.base_url}/models", headers={"Origin": "https://app.example"})
+    assert r.status_code == 200
+    assert "access-control-allow-origin" not in r.headers

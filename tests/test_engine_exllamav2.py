@@ -18,16 +18,25 @@ import sys
 import threading
 import time
 import types
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from rbee.api.openai import ChatMessage, ChatRequest, CompletionRequest, SamplingParams
+from rbee.api.openai import (
+    ChatMessage,
+    ChatRequest,
+    CompletionRequest,
+    SamplingParams,
+    parse_chat_request,
+)
 from rbee.engines.base import Finish, Prepared
 from rbee.engines.exllamav2 import (
     ExLlamaV2Engine,
+    GrammarFilter,
     cache_tokens,
     cuda_index,
     job_arguments,
@@ -38,6 +47,7 @@ from rbee.engines.exllamav2 import (
 from rbee.engines.fit import artifact_bytes, estimate_need, format_bytes
 from rbee.errors import ApiError, EngineError, InsufficientMemoryError
 from rbee.worker.runner import EngineRunner
+from tests.bytetok import FIRST_BYTE, byte_tokens, tokenizer_json
 
 GIB = 1 << 30
 EOS = 2  # config.json's eos_token_id
@@ -133,6 +143,9 @@ class Library:
     iterate_threads: set[str] = field(default_factory=set)
     iterate_delay: float = 0.0
     cancel_seen: threading.Event = field(default_factory=threading.Event)
+    vocab_size: int = FIRST_BYTE + 256
+    """The width of the fake model's logits."""
+    sampled: list[int] = field(default_factory=list)
 
 
 LIB = Library()
@@ -222,6 +235,9 @@ class FakeJob:
                 {"job": self, "stage": "prefill", "eos": False, "curr_progress": 1},
             ]
         token, text = LIB.script[self.new_tokens] if self.new_tokens < len(LIB.script) else (9, ".")
+        filters = self.kwargs.get("filters") or []
+        if filters:
+            token, text = self.sample_through(filters, token, text)
         self.new_tokens += 1
         r: dict[str, Any] = {"job": self, "stage": "streaming", "eos": False}
         if token in self.kwargs["stop_conditions"]:
@@ -233,6 +249,40 @@ class FakeJob:
         if r["eos"]:
             generator.jobs.remove(self)
         return [r]
+
+    def sample_through(self, filters: list[Any], wanted: int, text: str) -> tuple[int, str]:
+        """What ExLlamaV2's sampler does with mask filters: begin them at the first token, mask
+        the logits (the model "wants" the scripted token most, the others alike), take the
+        likeliest token left, feed it to every filter, then prepare their next masks on the
+        generator's filter pool (here run at once)."""
+        if self.new_tokens == 0:
+            for f in filters:
+                f.background_drop()
+                f.begin("")
+        logits = np.zeros(LIB.vocab_size, dtype=np.float32)
+        logits[wanted] = 1.0
+        for f in filters:
+            assert f.can_mask_logits()
+            assert f.get_next(mask=True) is True
+            logits = f.mask_logits(logits)
+        token = int(np.argmax(logits))
+        if token != wanted:
+            text = bytes([token - FIRST_BYTE]).decode(errors="replace")
+        LIB.sampled.append(token)
+        for f in filters:
+            f.feed(token)
+            assert f.use_background_worker()
+            f.background_prepare_logit_mask(ImmediatePool())
+        return token, text
+
+
+class ImmediatePool:
+    """A thread pool that runs what it is given at once (the generator's filter pool)."""
+
+    def submit(self, fn: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn())
+        return future
 
 
 class FakeGenerator:
@@ -278,6 +328,7 @@ def lib(monkeypatch: pytest.MonkeyPatch) -> Library:
     torch = types.ModuleType("torch")
     torch.long = "long"  # type: ignore[attr-defined]
     torch.tensor = FakeTensor  # type: ignore[attr-defined]
+    torch.from_numpy = lambda array: array  # type: ignore[attr-defined]
     torch.cuda = types.SimpleNamespace(  # type: ignore[attr-defined]
         is_available=lambda: LIB.cuda,
         device_count=lambda: LIB.devices,
@@ -668,6 +719,29 @@ def test_prompts_that_overflow_the_context_are_refused(lib: Library, folder: Pat
     assert engine.prepare(completion("x" * 200, max_tokens=99)).max_tokens == 99
 
 
+def test_logit_bias_is_refused_before_any_work(lib: Library, folder: Path) -> None:
+    engine = loaded(folder)
+    lib.encoded.clear()
+    with pytest.raises(ApiError) as caught:
+        engine.prepare(completion("Hi", logit_bias=((100, -100.0),)))
+    assert (caught.value.status, caught.value.param) == (400, "logit_bias")
+    assert caught.value.code == "unsupported_parameter"
+    assert "exllamav2" in caught.value.message
+    assert lib.encoded == []  # not even tokenized
+
+
+@pytest.mark.parametrize("logprobs", [0, 5])
+def test_logprobs_are_refused_before_any_work(lib: Library, folder: Path, logprobs: int) -> None:
+    engine = loaded(folder)
+    lib.encoded.clear()
+    with pytest.raises(ApiError) as caught:
+        engine.prepare(completion("Hi", logprobs=logprobs))
+    assert (caught.value.status, caught.value.param) == (400, "logprobs")
+    assert caught.value.code == "unsupported_parameter"
+    assert caught.value.message.startswith("logprobs are not available on engine exllamav2")
+    assert lib.encoded == []  # not even tokenized
+
+
 # ---- streaming ----
 
 
@@ -760,3 +834,96 @@ async def test_generation_runs_on_the_engine_thread_and_a_client_leaving_cancels
         assert lib.jobs[1].new_tokens < 4093
     assert runner.stats.cancelled == 1
     assert runner.stats.last_finish["reason"] == "cancelled"
+
+
+# ---- structured outputs: a grammar filter on the job ----
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "role": {"enum": ["admin", "user"]}},
+    "required": ["name", "role"],
+    "additionalProperties": False,
+}
+ANSWER = '{"name": "Al", "role": "user"}'
+
+
+def structured(**sampling: Any) -> ChatRequest:
+    return parse_chat_request({
+        "model": "m", "messages": [{"role": "user", "content": "Who?"}], **sampling,
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "person", "schema": PERSON, "strict": True}},
+    })  # fmt: skip
+
+
+def script(text: str) -> list[tuple[int, str]]:
+    """The fake model writes `text`, one byte-token at a time (tests/bytetok.py's ids)."""
+    return [(t, chr(t - FIRST_BYTE)) for t in byte_tokens(text)]
+
+
+@pytest.fixture
+def tokenized(folder: Path) -> Path:
+    """The tiny model folder with a real tokenizer.json (one token per byte)."""
+    (folder / "tokenizer.json").write_text(tokenizer_json())
+    return folder
+
+
+def test_a_response_format_puts_a_grammar_filter_on_the_job(lib: Library, tokenized: Path) -> None:
+    engine = loaded(tokenized)
+    lib.configs[0].vocab_size = lib.vocab_size = FIRST_BYTE + 256 + 32  # logits wider than vocab
+    # The model would go on after the object; the answer ends where the grammar does.
+    lib.script = script(ANSWER + "\n\nAnything else?")
+    pieces, finish = run(engine, engine.prepare(structured()))
+    assert "".join(pieces) == ANSWER
+    assert json.loads("".join(pieces)) == {"name": "Al", "role": "user"}
+    assert finish == Finish(reason="stop", prompt_tokens=finish.prompt_tokens,
+                            completion_tokens=len(ANSWER))  # fmt: skip
+    (job,) = lib.jobs
+    (grammar_filter,) = job.kwargs["filters"]
+    assert isinstance(grammar_filter, GrammarFilter)
+    assert "filter_prefer_eos" not in job.kwargs
+    assert lib.cancelled == [job]  # ended by rbee, no end token sampled
+    assert lib.sampled == byte_tokens(ANSWER)
+
+
+def test_the_mask_overrules_what_the_model_wants(lib: Library, tokenized: Path) -> None:
+    engine = loaded(tokenized)
+    lib.script = script('Sure! {"name": "Al", "role": "boss"}')
+    pieces, finish = run(engine, engine.prepare(structured(max_tokens=1)))
+    # "S" is masked out: the only token the grammar allows first is the opening brace.
+    assert (pieces, finish.reason, finish.completion_tokens) == (["{"], "length", 1)
+
+
+def test_an_enum_admits_only_its_values(lib: Library, tokenized: Path) -> None:
+    engine = loaded(tokenized)
+    lib.script = script('{"name": "Al", "role": "boss"}')
+    pieces, _ = run(engine, engine.prepare(structured(max_tokens=len('{"name": "Al", "role": "'))))
+    assert "".join(pieces) == '{"name": "Al", "role": "'
+    engine = loaded(tokenized)
+    lib.sampled.clear()
+    pieces, finish = run(engine, engine.prepare(structured(max_tokens=40)))
+    # "b" is masked: the likeliest allowed token is taken instead ("a", the fake model has no
+    # preference among them), then the grammar leaves one way on, and the answer stays valid.
+    assert json.loads("".join(pieces)) == {"name": "Al", "role": "admin"}
+    assert finish.reason == "stop"
+
+
+def test_max_tokens_before_the_grammar_ends_is_length(lib: Library, tokenized: Path) -> None:
+    engine = loaded(tokenized)
+    lib.script = script(ANSWER)
+    pieces, finish = run(engine, engine.prepare(structured(max_tokens=5)))
+    assert ("".join(pieces), finish.reason, finish.completion_tokens) == ('{"nam', "length", 5)
+
+
+def test_a_model_without_tokenizer_json_refuses_response_format(lib: Library, folder: Path) -> None:
+    engine = loaded(folder)
+    with pytest.raises(ApiError) as caught:
+        engine.prepare(structured())
+    assert (caught.value.status, caught.value.param) == (400, "response_format")
+    assert "tokenizer.json" in caught.value.message
+    assert engine.prepare(completion("Hi")).grammar is None
+
+
+def test_job_arguments_carry_the_filters() -> None:
+    prepared = Prepared(tokens=(1,), max_tokens=4, sampling=SamplingParams())
+    marker = object()
+    assert job_arguments(prepared, (2,), [marker])["filters"] == [marker]

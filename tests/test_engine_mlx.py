@@ -22,9 +22,9 @@ import pytest
 
 from rbee.api.openai import ChatMessage, ChatRequest, CompletionRequest, SamplingParams
 from rbee.engines import gguf_meta
-from rbee.engines.base import Finish
+from rbee.engines.base import Finish, Piece
 from rbee.engines.llamacpp import LlamaCppEngine
-from rbee.engines.mlx import MlxEngine, _penalties, token_pieces
+from rbee.engines.mlx import MlxEngine, _logprob, _make_vocab, _penalties, _RawLogits, token_pieces
 from rbee.errors import ApiError, EngineError, InsufficientMemoryError
 from rbee.worker.runner import EngineRunner
 from tests.conftest import MODEL
@@ -390,6 +390,24 @@ def test_a_frequency_penalty_breaks_a_repetitive_answer(engine: MlxEngine) -> No
 
 @needs_mlx
 @pytest.mark.slow
+def test_logit_bias_bans_and_forces_tokens(engine: MlxEngine) -> None:
+    def greedy(**sampling: Any) -> list[int]:
+        prepared = engine.prepare(complete("The capital of France is", temperature=0, **sampling))
+        return list(engine.token_ids(prepared, threading.Event()))
+
+    plain = greedy(max_tokens=3)
+    banned = greedy(max_tokens=3, logit_bias=((plain[0], -100.0),))
+    assert banned[0] != plain[0]
+    banana = 21285  # " banana" in SmolLM2's vocabulary
+    assert greedy(max_tokens=3, logit_bias=((banana, 100.0),)) == [banana] * 3
+    with pytest.raises(ApiError) as caught:
+        engine.prepare(complete("Hi", logit_bias=((1_000_000, 1.0),)))
+    assert caught.value.param == "logit_bias"
+    assert "1000000" in caught.value.message
+
+
+@needs_mlx
+@pytest.mark.slow
 def test_context_overflow_is_refused_before_generation(engine: MlxEngine) -> None:
     with pytest.raises(ApiError) as err:
         engine.prepare(chat("bee " * N_CTX))
@@ -542,3 +560,79 @@ def test_the_model_written_as_an_mlx_lm_folder_loads_and_answers_the_same(
     messages = [{"role": "user", "content": "Hello 123"}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     assert tuple(ids) == engine.prepare(chat("Hello 123")).tokens
+
+
+# --- logprobs ---------------------------------------------------------------------------------
+
+
+@needs_mlx
+def test_logprobs_map_an_mlx_row_of_logits_to_tokens_and_their_text() -> None:
+    # The toy vocabulary: <|endoftext|> and <|im_end|> are special (they show their text here,
+    # though they render as nothing in an answer), <tool> is a user-defined token.
+    vocab = _make_vocab(
+        gguf_meta.tokenizer_json(TOKENIZER_META, "m.gguf"),
+        eog=[0, 1],
+        template=None,
+        bos_text="",
+        eos_text="<|im_end|>",
+        where="m.gguf",
+    )
+    logits = [0.5, 3.0, 1.0, -2.0, 0.0, 2.5, 0.25, 1.5]
+    row = mx.array([logits], dtype=mx.float16)  # as the model gives it: one row, half precision
+    entry = _logprob(row, 5, 3, vocab)
+    expected = np.array(logits) - np.log(np.exp(np.array(logits)).sum())
+    assert entry.piece == b"ab"
+    assert entry.logprob == pytest.approx(expected[5], abs=1e-3)
+    assert [t.piece for t in entry.top] == [b"<|im_end|>", b"ab", b" ab"]
+    assert [t.logprob for t in entry.top] == pytest.approx(expected[[1, 5, 7]].tolist(), abs=1e-3)
+    assert _logprob(row, 2, 0, vocab).piece == b"<tool>"
+    assert _logprob(row, 2, 0, vocab).top == ()
+
+
+@needs_mlx
+def test_the_raw_logits_queue_up_one_per_step_unchanged() -> None:
+    raw = _RawLogits()
+    rows = [mx.array([[float(i), 0.0]]) for i in range(3)]
+    assert [raw(mx.array([1]), r) is r for r in rows] == [True, True, True]
+    assert list(raw.rows) == rows
+
+
+@needs_mlx
+@pytest.mark.slow
+def test_logprobs_are_the_models_own_before_penalties(engine: MlxEngine) -> None:
+    def ask(**sampling: Any) -> tuple[str, list[Any], Finish]:
+        request = complete("1, 2, 3,", temperature=0, max_tokens=8, logprobs=3, **sampling)
+        items = list(engine.generate(engine.prepare(request), threading.Event()))
+        assert isinstance(items[-1], Finish)
+        pieces = [i for i in items[:-1] if isinstance(i, Piece)]
+        assert len(pieces) == len(items) - 1
+        entries = [e for p in pieces for e in p.logprobs]
+        assert len(entries) == items[-1].completion_tokens
+        return "".join(p.text for p in pieces), entries, items[-1]
+
+    text, entries, _ = ask()
+    assert b"".join(e.piece for e in entries).decode() == text
+    # mlx-lm's own logprobs along the same greedy path (no logits processors: unchanged logits).
+    prepared = engine.prepare(complete("1, 2, 3,", temperature=0, max_tokens=8))
+    assert engine._vocab is not None
+    steps = generate_step(mx.array(prepared.tokens), engine._model, max_tokens=8)
+    for entry, (token, logprobs) in zip(entries, steps, strict=True):
+        assert entry.piece == engine._vocab.pieces[token]
+        # mlx's own log-sum-exp on the CPU is off by about 2e-4 (rbee sums in float64).
+        assert entry.logprob == pytest.approx(float(logprobs[token]), abs=1e-3)
+        assert entry.logprob <= 0.0
+        assert entry.top[0].piece == entry.piece  # greedy: the likeliest token
+        assert [t.logprob for t in entry.top] == sorted(
+            (t.logprob for t in entry.top), reverse=True
+        )
+    # With a penalty the answer changes, the model's logprobs do not: wherever the two answers
+    # share what came before, the logprobs are the same, also where the penalty picked another
+    # token than the likeliest.
+    penalized_text, penalized, _ = ask(frequency_penalty=2.0)
+    assert penalized_text != text
+    pairs = zip(entries, penalized, strict=False)
+    same = next(i for i, (a, b) in enumerate(pairs) if a.piece != b.piece)
+    assert penalized[same].logprob < penalized[same].top[0].logprob
+    for a, b in zip(entries[: same + 1], penalized[: same + 1], strict=True):
+        assert [t.piece for t in b.top] == [t.piece for t in a.top]
+        assert [t.logprob for t in b.top] == pytest.approx([t.logprob for t in a.top], abs=1e-4)

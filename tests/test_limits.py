@@ -130,13 +130,16 @@ def test_load_limits_reads_config_dir(tmp_path: Path) -> None:
 def test_each_queen_command_takes_the_limit_flags(command: list[str]) -> None:
     args = build_parser().parse_args(
         [*command, "--max-queued", "3", "--max-queued-tokens", "100", "--request-timeout", "5",
-         "--load-timeout", "7", "--no-autoload", "--idle-ttl", "0"]
+         "--load-timeout", "7", "--no-autoload", "--idle-ttl", "0",
+         "--cors-origin", "https://a.example", "--cors-origin", "http://localhost:3000"]
     )  # fmt: skip
     assert (args.max_queued, args.max_queued_tokens, args.request_timeout) == (3, 100, 5.0)
     assert (args.load_timeout, args.autoload, args.idle_ttl) == (7.0, False, 0.0)
+    assert args.cors_origins == ["https://a.example", "http://localhost:3000"]
     unset = build_parser().parse_args(command)
     assert (unset.max_queued, unset.autoload, unset.idle_ttl, unset.load_timeout) == (
         None, None, None, None)  # fmt: skip
+    assert unset.cors_origins is None
 
 
 @pytest.mark.parametrize(
@@ -151,7 +154,14 @@ def test_out_of_range_flags_are_refused(
 
 
 def test_queen_start_passes_the_limits_to_queen_run() -> None:
-    given = Limits(max_queued=3, load_timeout=7.5, autoload=False, idle_ttl=0.0)
+    given = Limits(
+        max_queued=3,
+        load_timeout=7.5,
+        keepalive=0.5,
+        autoload=False,
+        idle_ttl=0.0,
+        cors_origins=("https://a.example", "http://localhost:3000"),
+    )
     args = build_parser().parse_args(["queen", "run", *limit_flags(given)])
     flags = {k: getattr(args, k) for k in ("max_queued", "load_timeout", "autoload", "idle_ttl")}
     assert flags == {"max_queued": 3, "load_timeout": 7.5, "autoload": False, "idle_ttl": 0.0}
@@ -160,7 +170,48 @@ def test_queen_start_passes_the_limits_to_queen_run() -> None:
         "max_queued_tokens",
         "request_timeout",
         "load_timeout",
+        "keepalive",
         "autoload",
         "idle_ttl",
+        "cors_origins",
     )
     assert parse_limits(None, PATH, {}, {k: getattr(args, k) for k in keys}) == given
+
+
+def test_cors_origins_come_from_the_file_the_variable_and_the_flags() -> None:
+    assert DEFAULT_LIMITS.cors_origins == ()
+    text = '[limits]\ncors_origins = ["https://App.example:443", "http://localhost:3000"]\n'
+    assert limits(text).cors_origins == ("https://app.example", "http://localhost:3000")
+    env = {"RBEE_CORS_ORIGINS": " https://b.example , http://[::1]:8080,"}
+    assert limits(text, env).cors_origins == ("https://b.example", "http://[::1]:8080")
+    flags = {"cors_origins": ["https://c.example", "https://c.example"]}
+    assert limits(text, env, **flags).cors_origins == ("https://c.example",)
+    # `*` is any page, whatever else is listed beside it.
+    assert limits(None, {"RBEE_CORS_ORIGINS": "https://a.example,*"}).cors_origins == ("*",)
+    assert limits("[limits]\ncors_origins = []\n").cors_origins == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "flags", "words"),
+    [
+        ('[limits]\n\ncors_origins = "https://a.example"\n', {}, {},
+         ["rbee.toml:3", "limits.cors_origins", "must be a list of origins"]),
+        ('[limits]\ncors_origins = ["https://a.example/"]\n', {}, {},
+         ["rbee.toml:2", "limits.cors_origins", "'https://a.example/'", "no path"]),
+        ("[limits]\ncors_origins = [3]\n", {}, {}, ["rbee.toml:2", "list of origins"]),
+        (None, {"RBEE_CORS_ORIGINS": "a.example"}, {},
+         ["RBEE_CORS_ORIGINS", "'a.example' is not an origin", "scheme://host[:port]"]),
+        (None, {"RBEE_CORS_ORIGINS": "https://a.example:70000"}, {},
+         ["RBEE_CORS_ORIGINS", "port must be 1-65535"]),
+        (None, {}, {"cors_origins": ["https://user@a.example"]},
+         ["--cors-origin", "'https://user@a.example' is not an origin"]),
+        (None, {}, {"cors_origins": ["https://a.example?x=1"]}, ["--cors-origin", "no path"]),
+    ],
+)  # fmt: skip
+def test_bad_cors_origins_name_where_they_come_from(
+    text: str | None, env: dict[str, str], flags: dict[str, Any], words: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        limits(text, env, **flags)
+    for word in words:
+        assert word in str(caught.value)

@@ -10,10 +10,11 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from rbee.api.openai import ChatRequest, CompletionRequest, SamplingParams
+from rbee.api.openai import ChatRequest, CompletionRequest, SamplingParams, choice_seed
 from rbee.engines.base import Finish, Prepared
 from rbee.errors import DeadlineError, OverloadedError
 from rbee.worker.runner import Admission, EngineRunner
@@ -27,6 +28,7 @@ class GatedEngine:
     def __init__(self) -> None:
         self.go = threading.Event()
         self.seen: list[tuple[int, ...]] = []
+        self.seeds: list[int | None] = []
 
     @property
     def context_length(self) -> int:
@@ -40,6 +42,7 @@ class GatedEngine:
 
     def generate(self, prepared: Prepared, cancel: threading.Event) -> Iterator[str | Finish]:
         self.seen.append(prepared.tokens)
+        self.seeds.append(prepared.sampling.seed)
         while not cancel.is_set():
             if self.go.wait(0.01):
                 self.go.clear()
@@ -52,8 +55,8 @@ class GatedEngine:
         pass
 
 
-def prompt(n: int, tag: int = 0) -> Prepared:
-    return Prepared(tokens=(tag,) * n, max_tokens=4, sampling=SamplingParams())
+def prompt(size: int, tag: int = 0, **sampling: Any) -> Prepared:
+    return Prepared(tokens=(tag,) * size, max_tokens=4, sampling=SamplingParams(**sampling))
 
 
 async def until(predicate: object, what: str) -> None:
@@ -159,3 +162,55 @@ async def test_a_deadline_stops_a_running_generation(engine: GatedEngine) -> Non
         assert items == [Finish("cancelled", 3, 0)]
         assert generation.expired
         await until(lambda: runner.stats.active == 0, "the engine to stop")
+
+
+async def test_choices_run_one_after_another_each_with_its_own_seed(engine: GatedEngine) -> None:
+    async with EngineRunner(engine) as runner:
+        generation = runner.submit(prompt(3, 1, n=3, seed=42))
+        engine.go.set()
+        items = []
+        async for item in generation:
+            items.append(item)
+            if isinstance(item, Finish):
+                engine.go.set()  # let the next choice's piece come
+    assert items == [
+        "x", Finish("stop", 3, 1, index=0),
+        "x", Finish("stop", 3, 1, index=1),
+        "x", Finish("stop", 3, 1, index=2),
+    ]  # fmt: skip
+    assert engine.seeds == [42, choice_seed(42, 1), choice_seed(42, 2)]
+    # As in the answer's usage: the prompt once, every choice's tokens.
+    assert (runner.stats.prompt_tokens, runner.stats.generated_tokens) == (3, 3)
+    assert runner.stats.started == 1
+
+
+async def test_a_request_with_n_choices_waits_as_n_prompts_worth_of_tokens(
+    engine: GatedEngine,
+) -> None:
+    async with EngineRunner(engine, admission=Admission(max_queued=8, max_queued_tokens=10)) as r:
+        running = r.submit(prompt(3, 1))
+        await running.started()
+        r.submit(prompt(3, 2, n=2))
+        assert (r.stats.queued, r.stats.queued_tokens) == (1, 6)  # one request, twice the work
+        with pytest.raises(OverloadedError, match="prompt tokens waiting"):
+            r.submit(prompt(3, 3, n=2))
+        r.submit(prompt(4, 4))
+        assert (r.stats.queued, r.stats.queued_tokens) == (2, 10)
+        running.close()
+
+
+async def test_closing_a_request_stops_its_remaining_choices(engine: GatedEngine) -> None:
+    async with EngineRunner(engine) as runner:
+        generation = runner.submit(prompt(3, 1, n=8))
+        engine.go.set()
+        items = []
+        async for item in generation:
+            items.append(item)
+            if isinstance(item, Finish):
+                generation.close()  # the client went away after the first choice
+        await until(lambda: runner.stats.active == 0, "the engine to stop")
+    assert items[:2] == ["x", Finish("stop", 3, 1, index=0)]
+    # The choice that may have begun meanwhile was stopped, and no other began.
+    assert len(engine.seen) <= 2
+    assert items[2:] in ([], [Finish("cancelled", 3, 0, index=1)])
+    assert runner.stats.cancelled == len(engine.seen) - 1

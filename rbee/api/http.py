@@ -6,12 +6,15 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rbee.errors import ApiError, RbeeError
@@ -171,32 +174,48 @@ class AccessLogMiddleware:
             )
 
 
-class ApiKeyMiddleware:
-    """Require `Authorization: Bearer <key>` on every path but /health (constant-time compare)."""
+def _openai_refusal(path: str, err: ApiError) -> Response:
+    return error_response(err)
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+
+class ApiKeyMiddleware:
+    """Require the API key on every path but /health: `Authorization: Bearer <key>`, or
+    `x-api-key: <key>` as Anthropic's clients send it (constant-time compares). `refusal`
+    answers a request without it, by path (default: OpenAI's error body)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str,
+        refusal: Callable[[str, ApiError], Response] = _openai_refusal,
+    ) -> None:
         self.app = app
         self._key = api_key.encode()
+        self._refusal = refusal
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health":
-            await self.app(scope, receive, send)
-            return
-        header = b""
+    def _allowed(self, scope: Scope) -> bool:
+        bearer = given = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
-                header = value
-                break
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key):
+                scheme, _, token = value.partition(b" ")
+                bearer = token.strip() if scheme.lower() == b"bearer" else b""
+            elif name == b"x-api-key":
+                given = value.strip()
+        # Both compared, whichever came: no answer's timing tells which one was tried.
+        by_bearer = hmac.compare_digest(bearer, self._key)
+        by_header = hmac.compare_digest(given, self._key)
+        return by_bearer or by_header
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health" or self._allowed(scope):
             await self.app(scope, receive, send)
             return
         err = ApiError(
             401,
-            "missing or wrong API key: send `Authorization: Bearer <key>`",
+            "missing or wrong API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)",
             code="invalid_api_key",
         )
-        response: Response = error_response(err)
+        response = self._refusal(scope["path"], err)
         await response(scope, receive, send)
 
 
@@ -205,9 +224,64 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+def _route_methods(request: Request, path: str) -> dict[str, set[str]]:
+    """The methods each route of the app takes, by route path; only the routes matching `path`
+    when it is given (one path may be served by several routes, one per method)."""
+    scope = {**request.scope, "path": path, "root_path": ""}
+    found: dict[str, set[str]] = {}
+    for route in getattr(request.app, "routes", ()):
+        route_path, methods = getattr(route, "path", None), getattr(route, "methods", None)
+        if not isinstance(route_path, str) or not methods:
+            continue
+        if path and route.matches(scope)[0] is Match.NONE:
+            continue
+        found.setdefault(route_path, set()).update(methods - {"HEAD"})
+    return found
+
+
+_CONVERTOR = re.compile(r"{(\w+):\w+}")
+
+
+def _listing(routes: dict[str, set[str]]) -> str:
+    # A client reads `/v1/models/{model}`: the `:path` convertor is the router's business.
+    return "; ".join(
+        ", ".join(sorted(m)) + " " + _CONVERTOR.sub(r"{\1}", p) for p, m in routes.items()
+    )
+
+
+def _not_found(request: Request) -> ApiError:
+    path = request.url.path
+    under_v1 = path == "/v1" or path.startswith("/v1/")
+    routes = {
+        p: m for p, m in _route_methods(request, "").items() if not under_v1 or p.startswith("/v1/")
+    }
+    hint = ""
+    if not under_v1 and _route_methods(request, "/v1" + path):
+        hint = f" (did you mean /v1{path}? OpenAI clients take a base URL ending in /v1)"
+    where = "under /v1 " if under_v1 else ""
+    message = (
+        f"{request.method} {path}: no such route{hint}; the routes {where}are: {_listing(routes)}"
+    )
+    return ApiError(404, message, code="not_found")
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    if exc.status_code == 404 and "endpoint" not in request.scope:
+        return error_response(_not_found(request))
+    if exc.status_code == 405:
+        # Starlette's Allow names one route's methods; the path may have a route per method.
+        allowed = sorted(
+            {m for ms in _route_methods(request, request.url.path).values() for m in ms}
+        )
+        message = (
+            f"{request.method} {request.url.path}: method not allowed; this route takes "
+            f"{', '.join(allowed)}"
+        )
+        response = error_response(ApiError(405, message, code="method_not_allowed"))
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+    code = {404: "not_found"}.get(exc.status_code)
     message = f"{request.method} {request.url.path}: {exc.detail}"
     return error_response(ApiError(exc.status_code, message, code=code))
 

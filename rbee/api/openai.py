@@ -3,26 +3,37 @@
 Parsing is pure: a dict in, a request or an ApiError (HTTP 4xx with OpenAI's error body, naming the
 field) out. The queen and the worker both parse every request, so a bad one never reaches an engine.
 Unknown fields are ignored, as OpenAI's own API does for most of them; fields whose meaning rbee
-cannot honour (n > 1, tools, logprobs, non-text content) are refused rather than silently dropped.
+cannot honour (tools, non-text content) are refused rather than silently dropped.
+`response_format` (chat only) is parsed and its schema checked by rbee.api.structured.
+`logit_bias` is checked here for its shape; its token ids are checked against the model's
+vocabulary by the engine, which alone knows it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from rbee.api.structured import ResponseFormat, parse_response_format
 from rbee.errors import ApiError
 
 __all__ = [
+    "MAX_CHOICES",
+    "MAX_COMPLETION_LOGPROBS",
     "MAX_EMBEDDING_INPUTS",
+    "MAX_LOGIT_BIAS",
     "MAX_STOP_SEQUENCES",
+    "MAX_TOP_LOGPROBS",
     "ChatMessage",
     "ChatRequest",
     "CompletionRequest",
     "EmbeddingInput",
     "EmbeddingRequest",
     "SamplingParams",
+    "choice_seed",
     "parse_chat_request",
     "parse_completion_request",
     "parse_embedding_request",
@@ -31,6 +42,16 @@ __all__ = [
 MAX_STOP_SEQUENCES = 4
 MAX_EMBEDDING_INPUTS = 2048
 """OpenAI's own limit on the number of inputs of one embeddings request."""
+MAX_LOGIT_BIAS = 300
+"""Tokens one request may bias (OpenAI's own limit)."""
+_LOGIT_BIAS_RANGE = 100.0
+_TOKEN_KEY = re.compile(r"0|[1-9][0-9]{0,9}")
+MAX_CHOICES = 8
+"""Choices (`n`) one request may ask for; they are sampled one after another on one worker."""
+MAX_TOP_LOGPROBS = 20
+"""Alternatives per token a chat request may ask for (`top_logprobs`, OpenAI's own limit)."""
+MAX_COMPLETION_LOGPROBS = 5
+"""Alternatives per token a legacy completion may ask for (`logprobs`, OpenAI's own limit)."""
 _MAX_TOKEN_ID = 2**31 - 1
 _ROLES = frozenset({"system", "developer", "user", "assistant"})
 _MAX_SEED = 2**63 - 1
@@ -47,6 +68,33 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias added to its logit) pairs, sorted by token id."""
+    n: int = 1
+    """How many choices to sample, one after another."""
+    logprobs: int | None = None
+    """None: no log-probabilities; else each token's, with this many likeliest alternatives."""
+
+    def for_choice(self, index: int) -> SamplingParams:
+        """The parameters choice `index` is sampled with: its own seed (see `choice_seed`)."""
+        if self.seed is None or index == 0:
+            return self
+        return replace(self, seed=choice_seed(self.seed, index))
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """The seed choice `index` of a request with `seed` is sampled with.
+
+    Choice 0 uses `seed` itself, so `n: 1` samples as it always did; choice i > 0 uses the first
+    8 bytes of SHA-256 of the ASCII text `"{seed}:{i}"` (e.g. "42:1"), read big-endian and shifted
+    right by one bit (0 to 2**63 - 1). The same request thus repeats exactly, choice by choice,
+    and no two choices share a seed by accident of arithmetic (seed + i would make choice 1 of
+    seed 41 the choice 0 of seed 42).
+    """
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}:{index}".encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 @dataclass(frozen=True)
@@ -67,6 +115,8 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     kind: Literal["chat"] = "chat"
+    response_format: ResponseFormat | None = None
+    """The answer's required shape (json_object, json_schema); None for free text."""
 
 
 @dataclass(frozen=True)
@@ -162,30 +212,65 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
-    n = _integer(body, "n", 1, 128)
-    if n is not None and n > 1:
-        raise _bad("n", f"n > 1 is not supported yet (got {n}); send n separate requests")
     for key in ("tools", "functions"):
         if body.get(key):
             raise _bad(key, f"{key} are not supported yet", "unsupported_parameter")
-    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
-        raise _bad("logprobs", "logprobs are not supported yet", "unsupported_parameter")
+    if body.get("tool_choice") is not None and not body.get("tools"):
+        raise _bad("tool_choice", "tool_choice is only allowed when tools are specified")
     if body.get("echo") not in (None, False):
         raise _bad("echo", "echo is not supported yet", "unsupported_parameter")
     if body.get("suffix") not in (None, ""):
         raise _bad("suffix", "suffix is not supported yet", "unsupported_parameter")
     if body.get("best_of") not in (None, 1):
         raise _bad("best_of", "best_of > 1 is not supported yet", "unsupported_parameter")
-    fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
+
+
+def _logit_bias(body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+    value = body.get("logit_bias")
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
         raise _bad(
-            "response_format",
-            'only response_format {"type": "text"} is supported yet',
-            "unsupported_parameter",
+            "logit_bias",
+            f"logit_bias must be an object mapping token ids to numbers, got {_type_name(value)}",
+            "invalid_type",
         )
+    if len(value) > MAX_LOGIT_BIAS:
+        raise _bad(
+            "logit_bias", f"logit_bias takes at most {MAX_LOGIT_BIAS} tokens, got {len(value)}"
+        )
+    out = []
+    for key, bias in value.items():
+        if not isinstance(key, str) or not _TOKEN_KEY.fullmatch(key) or int(key) > _MAX_TOKEN_ID:
+            raise _bad(
+                "logit_bias",
+                f"logit_bias has the key {str(key)[:40]!r}; keys must be token ids, whole numbers "
+                f'from 0 to {_MAX_TOKEN_ID} written in decimal, like "50256"',
+            )
+        if isinstance(bias, bool) or not isinstance(bias, int | float):
+            raise _bad(
+                "logit_bias",
+                f"logit_bias[{key!r}] must be a number, got {_type_name(bias)}",
+                "invalid_type",
+            )
+        if not math.isfinite(bias) or not -_LOGIT_BIAS_RANGE <= bias <= _LOGIT_BIAS_RANGE:
+            raise _bad(
+                "logit_bias",
+                f"logit_bias[{key!r}] must be between -100 and 100, got {bias!r}",
+            )
+        out.append((int(key), float(bias)))
+    return tuple(sorted(out))
 
 
-def _sampling(body: dict[str, Any]) -> SamplingParams:
+def _chat_logprobs(body: dict[str, Any]) -> int | None:
+    wanted = _boolean(body, "logprobs")
+    top = _integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if top is not None and not wanted:
+        raise _bad("top_logprobs", "top_logprobs is only allowed when logprobs is true")
+    return (top or 0) if wanted else None
+
+
+def _sampling(body: dict[str, Any], logprobs: int | None) -> SamplingParams:
     max_tokens = _integer(body, "max_tokens", 1, 1 << 30)
     max_completion = _integer(body, "max_completion_tokens", 1, 1 << 30)
     return SamplingParams(
@@ -196,6 +281,9 @@ def _sampling(body: dict[str, Any]) -> SamplingParams:
         seed=_integer(body, "seed", -_MAX_SEED, _MAX_SEED),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        logit_bias=_logit_bias(body),
+        n=_integer(body, "n", 1, MAX_CHOICES) or 1,
+        logprobs=logprobs,
     )
 
 
@@ -279,9 +367,10 @@ def parse_chat_request(body: Any) -> ChatRequest:
     return ChatRequest(
         model=_model(body),
         messages=_messages(body),
-        sampling=_sampling(body),
+        sampling=_sampling(body, _chat_logprobs(body)),
         stream=stream,
         include_usage=_stream_options(body, stream),
+        response_format=parse_response_format(body),
     )
 
 
@@ -289,6 +378,15 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     """Parse the JSON body of a (legacy) text completion request."""
     body = _require_object(body)
     _refuse_unsupported(body)
+    fmt = body.get("response_format")
+    if fmt is not None and fmt != {"type": "text"}:
+        # Not a field of OpenAI's legacy completions: structured answers are a chat feature.
+        raise _bad(
+            "response_format",
+            "response_format is not supported on /v1/completions; send the request to "
+            "/v1/chat/completions, where json_object and json_schema are",
+            "unsupported_parameter",
+        )
     stream = _boolean(body, "stream")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -304,7 +402,7 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     return CompletionRequest(
         model=_model(body),
         prompt=prompt,
-        sampling=_sampling(body),
+        sampling=_sampling(body, _integer(body, "logprobs", 0, MAX_COMPLETION_LOGPROBS)),
         stream=stream,
         include_usage=_stream_options(body, stream),
     )

@@ -7,9 +7,11 @@ import secrets
 import struct
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "Choice",
     "Shape",
     "chunk",
     "completion",
@@ -21,6 +23,16 @@ __all__ = [
 ]
 
 Shape = Literal["chat", "completion"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One choice of a whole completion."""
+
+    text: str
+    finish_reason: str
+    logprobs: dict[str, Any] | None = None
+    """Its `logprobs` object (rbee.api.logprobs), when the request asked for them."""
 
 
 def new_id(kind: Shape) -> str:
@@ -43,12 +55,15 @@ def chunk(
     created: int,
     model: str,
     *,
+    index: int = 0,
     text: str | None = None,
     role: bool = False,
     finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
     include_usage: bool = False,
 ) -> dict[str, Any]:
-    """One streamed chunk with one choice carrying `text` (or the role, or the finish reason)."""
+    """One streamed chunk with one choice, choice `index`, carrying `text` and its `logprobs`
+    object (or the role, or the finish reason)."""
     choice: dict[str, Any]
     if kind == "chat":
         delta: dict[str, Any] = {}
@@ -57,10 +72,20 @@ def chunk(
             delta["content"] = ""
         if text is not None:
             delta["content"] = text
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        choice = {
+            "index": index,
+            "text": text or "",
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }
         obj = "text_completion"
     out: dict[str, Any] = {
         "id": rid,
@@ -92,28 +117,26 @@ def completion(
     kind: Shape,
     model: str,
     *,
-    text: str,
-    finish_reason: str,
+    choices: Sequence[Choice],
     prompt_tokens: int,
     completion_tokens: int,
 ) -> dict[str, Any]:
-    """A whole (non-streamed) chat or text completion."""
-    choice: dict[str, Any]
-    if kind == "chat":
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finish_reason,
-        }
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    """A whole (non-streamed) chat or text completion; `completion_tokens` are all choices'."""
+    bodies: list[dict[str, Any]] = []
+    for index, c in enumerate(choices):
+        if kind == "chat":
+            answer: dict[str, Any] = {"message": {"role": "assistant", "content": c.text}}
+        else:
+            answer = {"text": c.text}
+        bodies.append(
+            {"index": index, **answer, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+        )
     return {
         "id": new_id(kind),
         "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [choice],
+        "choices": bodies,
         "usage": usage(prompt_tokens, completion_tokens),
     }
 

@@ -162,6 +162,14 @@ def _add_limit_options(p: argparse.ArgumentParser, *, queues: bool = True) -> No
         metavar="SECONDS",
         help="unload a worker idle this long; the next request loads it again (900; 0: never)",
     )
+    p.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        metavar="ORIGIN",
+        help="let web pages of ORIGIN (scheme://host[:port], or * for any page) call the queen "
+        "from a browser (repeatable; default: none)",
+    )
     if not queues:
         p.set_defaults(max_queued=None, max_queued_tokens=None)
 

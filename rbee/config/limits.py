@@ -1,4 +1,5 @@
-"""How much load the queen and its workers take on, and how long models stay loaded.
+"""How much load the queen and its workers take on, how long models stay loaded, and which web
+pages may call the queen.
 
 Defaults here; `rbee.config.limits_file` reads them from `CONFIG_DIR/rbee.toml`, the environment
 (`RBEE_*`) and the command line, each winning over the one before.

@@ -11,6 +11,7 @@ rbee.config.limits. The file:
     keepalive = 2             # seconds between SSE comments to a stream waiting for its model
     autoload = true           # a request for a stored model without a worker starts one
     idle_ttl = 900            # seconds idle before a worker is unloaded (0: never)
+    cors_origins = []         # web origins allowed to call the queen from a browser ("*": any)
 
     [models."smollm2-135m"]
     autoload = true           # explicit: may also load on a remote hive that stores it
@@ -45,12 +46,23 @@ ENV_VARS = {
     "keepalive": "RBEE_KEEPALIVE",
     "autoload": "RBEE_AUTOLOAD",
     "idle_ttl": "RBEE_IDLE_TTL",
+    "cors_origins": "RBEE_CORS_ORIGINS",
 }
 """The variable of each setting of the `[limits]` table."""
+
+_FLAG_NAMES = {"cors_origins": "--cors-origin"}
+"""Flags not named after their setting (the others are `--max-queued` for `max_queued`)."""
 
 _COUNTS = ("max_queued", "max_queued_tokens")
 _TIMEOUTS = ("request_timeout", "load_timeout", "keepalive")
 _MODEL_KEYS = ("autoload", "idle_ttl")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_ORIGIN = re.compile(
+    rf"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9a-f:.]+\]|{_LABEL}(?:\.{_LABEL})*)"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+"""`scheme://host[:port]` as browsers send it in `Origin` (lower case; no user, path or query)."""
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -92,7 +104,7 @@ def parse_limits(
             continue
         if key not in ENV_VARS:
             raise ConfigError(f"unknown limit {key!r}")
-        values[key] = _check(key, value, "--" + key.replace("_", "-"))
+        values[key] = _check(key, value, _FLAG_NAMES.get(key, "--" + key.replace("_", "-")))
     base = Limits(**values)
     models = {
         model: ModelPolicy(
@@ -173,6 +185,8 @@ def _line_of(lines: list[str], table: str | None, key: str) -> str:
 
 def _from_env(key: str, raw: str, var: str) -> Any:
     text = raw.strip()
+    if key == "cors_origins":
+        return [item.strip() for item in text.split(",") if item.strip()]
     if key == "autoload":
         if text.lower() in _TRUE:
             return True
@@ -189,6 +203,8 @@ def _from_env(key: str, raw: str, var: str) -> Any:
 def _check(key: str, value: Any, where: str) -> Any:
     """`value` for the setting `key` if it has the right type and range; ConfigError naming
     `where` (the file and line, the variable or the flag) if not."""
+    if key == "cors_origins":
+        return _check_origins(value, where)
     if key == "autoload":
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
@@ -207,3 +223,43 @@ def _check(key: str, value: Any, where: str) -> Any:
     if value < 0:
         raise ConfigError(f"{where} must be 0 seconds (never) or more, got {value!r}")
     return float(value)
+
+
+def _check_origins(value: Any, where: str) -> tuple[str, ...]:
+    """The origins of `value` (a list of strings), lower case, without a default port, each
+    once; `("*",)` if one of them is `*`."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f'{where} must be a list of origins, like ["https://app.example.com"], got {value!r}'
+        )
+    origins: list[str] = []
+    for text in value:
+        origin = _origin(text, where)
+        if origin == "*":
+            return ("*",)
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
+
+
+def _origin(text: str, where: str) -> str:
+    """One origin as a browser sends it in its `Origin` header; ConfigError naming `where`."""
+    lowered = text.strip().lower()
+    if lowered == "*":
+        return "*"
+    match = _ORIGIN.fullmatch(lowered)
+    if match is None:
+        rest = _ORIGIN.match(lowered)
+        why = (
+            f"an origin has no path, drop {lowered[rest.end() :]!r}"
+            if rest is not None and lowered[rest.end()] in "/?#"
+            else "an origin is scheme://host[:port], like https://app.example.com or "
+            "http://localhost:3000, or * for any"
+        )
+        raise ConfigError(f"{where}: {text!r} is not an origin ({why})")
+    scheme, host, port = match.group("scheme", "host", "port")
+    if port is None or _DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: {text!r} is not an origin (port must be 1-65535)")
+    return f"{scheme}://{host}:{int(port)}"

@@ -3,6 +3,10 @@
 An engine loads one model, turns a request into a prepared prompt (refusing what cannot fit the
 context before any work is done), and generates text pieces on the calling thread, checking a
 cancel flag between tokens. The worker runs it on a dedicated thread, never on the event loop.
+One generate() call samples one choice; the runner calls it once per choice of a request with
+`n` > 1, each time with that choice's sampling (`SamplingParams.for_choice`).
+A request with a `response_format` is prepared with its grammar (rbee.engines.grammar); each
+choice follows it from the start, and ends with "stop" once the grammar is complete.
 
 An engine loaded for embeddings is an `Embedder` as well: it tokenizes the inputs (refusing what
 cannot fit, again before any work) and turns them into unit-length vectors, on that same thread.
@@ -15,7 +19,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from rbee.api.logprobs import Logprob
 from rbee.api.openai import ChatRequest, CompletionRequest, EmbeddingInput, SamplingParams
+from rbee.engines.grammar import Grammar
 from rbee.errors import ApiError
 
 __all__ = [
@@ -24,9 +30,11 @@ __all__ = [
     "Engine",
     "Finish",
     "FinishReason",
+    "Piece",
     "Prepared",
     "StopMatcher",
     "check_embedding_tokens",
+    "check_logit_bias",
     "embedder_of",
     "fit_context",
 ]
@@ -41,6 +49,8 @@ class Prepared:
     tokens: tuple[int, ...]
     max_tokens: int
     sampling: SamplingParams
+    grammar: Grammar | None = None
+    """The answer's grammar bound to the model's tokenizer (a `response_format`), if any."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,17 @@ class Finish:
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    index: int = 0
+    """The choice it ends (the runner sets it; an engine generates one choice at a time)."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text and the log-probabilities of the tokens it came from: what a generation yields in
+    place of a plain `str` when the request asked for logprobs."""
+
+    text: str
+    logprobs: tuple[Logprob, ...]
 
 
 class Engine(Protocol):
@@ -70,8 +91,11 @@ class Engine(Protocol):
         """Template and tokenize `request`; raise ApiError(400) if it cannot fit the context."""
         ...
 
-    def generate(self, prepared: Prepared, cancel: threading.Event) -> Iterator[str | Finish]:
-        """Yield text pieces as tokens come, then one Finish; stop soon after `cancel` is set."""
+    def generate(
+        self, prepared: Prepared, cancel: threading.Event
+    ) -> Iterator[str | Piece | Finish]:
+        """Yield text pieces as tokens come (Pieces when `prepared.sampling.logprobs` is set),
+        then one Finish; stop soon after `cancel` is set."""
         ...
 
     def close(self) -> None:
@@ -135,6 +159,17 @@ def check_embedding_tokens(
             400,
             f"{param} holds the token id {bad}; this model's vocabulary is 0 to {vocab - 1}",
             param=param,
+        )
+
+
+def check_logit_bias(sampling: SamplingParams, vocab: int) -> None:
+    """Refuse a `logit_bias` naming a token outside the model's vocabulary (0 to `vocab` - 1)."""
+    bad = next((t for t, _ in sampling.logit_bias if t >= vocab), None)
+    if bad is not None:
+        raise ApiError(
+            400,
+            f"logit_bias has the token id {bad}; this model's vocabulary is 0 to {vocab - 1}",
+            param="logit_bias",
         )
 
 

@@ -9,7 +9,12 @@ slot in beside this one, reusing the folder reading, the VRAM check and the shap
 Each request is one ExLlamaV2DynamicJob, driven to its end by `generator.iterate()` on the worker's
 engine thread. generate() checks the cancel flag between iterations (one token each once the prompt
 is in, one chunk of prompt before that) and cancels the job on the generator when it is set. Stop
-strings are cut by StopMatcher, as in every engine, so the text never contains them.
+strings are cut by StopMatcher, as in every engine, so the text never contains them. A request with
+a `logit_bias` is refused (400) before any work: this adapter does not apply one. So is one asking
+for logprobs: this adapter does not read per-token logits from the dynamic generator. A
+`response_format` is enforced by a sampling filter on the job (`GrammarFilter`, llguidance as on
+every engine) that masks the logits of the tokens its grammar does not allow; the answer ends with
+"stop" as soon as the grammar is complete.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import json
 import logging
 import struct
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,10 +35,12 @@ from rbee.api.openai import ChatRequest, CompletionRequest, SamplingParams
 from rbee.engines.base import Finish, FinishReason, Prepared, StopMatcher, fit_context
 from rbee.engines.chat_template import ChatTemplate, folder_template_source
 from rbee.engines.fit import artifact_bytes, check_fits, estimate_need
+from rbee.engines.grammar import Constraint, Vocabulary, grammar_for, tokenizer_from_json
 from rbee.errors import ApiError, EngineError
 
 __all__ = [
     "ExLlamaV2Engine",
+    "GrammarFilter",
     "ModelFolder",
     "cache_tokens",
     "chat_template",
@@ -241,14 +249,94 @@ def sampler_settings(sampling: SamplingParams) -> dict[str, float | int]:
     }
 
 
-def job_arguments(prepared: Prepared, stop_tokens: tuple[int, ...]) -> dict[str, Any]:
-    """ExLlamaV2DynamicJob arguments for `prepared`, but its input_ids tensor and gen_settings."""
-    return {
+def job_arguments(
+    prepared: Prepared, stop_tokens: tuple[int, ...], filters: Sequence[GrammarFilter] = ()
+) -> dict[str, Any]:
+    """ExLlamaV2DynamicJob arguments for `prepared`, but its input_ids tensor and gen_settings;
+    `filters` is the grammar filter of a request with a `response_format`."""
+    arguments: dict[str, Any] = {
         "max_new_tokens": prepared.max_tokens,
         "seed": prepared.sampling.seed,
         "stop_conditions": list(stop_tokens),
         "decode_special_tokens": False,
     }
+    if filters:
+        arguments["filters"] = list(filters)
+    return arguments
+
+
+class GrammarFilter:
+    """An ExLlamaV2 sampling filter that enforces a grammar with a logit mask.
+
+    It speaks the protocol of `exllamav2.generator.filters.ExLlamaV2Filter` without importing it:
+    the dynamic generator feeds it each sampled token, then (on its filter thread pool, while the
+    GPU computes the next step: `use_background_worker`) asks it to prepare the mask for the next
+    one, and has it set the logits of every token the grammar does not allow to -inf
+    (`can_mask_logits`: a mask, not a set of allowed ids, which would be a Python set of most of
+    the vocabulary inside a JSON string). `to_tensor` turns the numpy mask into the logits' kind
+    (torch.from_numpy).
+    """
+
+    allow_return_type_list = True
+
+    def __init__(
+        self, constraint: Constraint, n_vocab: int, to_tensor: Callable[[Any], Any]
+    ) -> None:
+        self.constraint = constraint
+        self.background_result: Future[Any] | None = None
+        self._n_vocab = n_vocab
+        self._to_tensor = to_tensor
+        self._banned: Any = None
+
+    def begin(self, prefix_str: str = "") -> None:
+        """A job starts: the constraint is fresh (one per choice), so nothing to do."""
+
+    def feed(self, token: Any) -> None:
+        """The token sampled (a 1x1 tensor) advances the grammar."""
+        self.constraint.feed(int(token))
+
+    def next(self) -> tuple[Any, Any]:
+        """The allowed-token-set protocol, which this filter does not use (it masks)."""
+        raise NotImplementedError("GrammarFilter masks logits; the sampler never asks next()")
+
+    def use_background_worker(self) -> bool:
+        """Prepare masks on the generator's thread pool, overlapping the forward pass."""
+        return True
+
+    def can_mask_logits(self) -> bool:
+        """The sampler may ask it to mask the logits directly."""
+        return True
+
+    def prepare_logit_mask(self) -> bool:
+        """Compute the mask for the next token."""
+        self._banned = self._to_tensor(self.constraint.banned(self._n_vocab))
+        return True
+
+    def mask_logits(self, logits: Any) -> Any:
+        """Set the logits of the tokens the grammar does not allow next to -inf."""
+        logits[self._banned] = float("-inf")
+        return logits
+
+    def background_next(self, pool: Executor) -> None:
+        """Schedule next() on the pool (the protocol's; unused, as next() is)."""
+        self.background_result = pool.submit(self.next)
+
+    def background_prepare_logit_mask(self, pool: Executor) -> None:
+        """Schedule prepare_logit_mask() on the pool."""
+        self.background_result = pool.submit(self.prepare_logit_mask)
+
+    def background_drop(self) -> None:
+        """Wait out and forget a scheduled call."""
+        if self.background_result is not None:
+            self.background_result.result()
+            self.background_result = None
+
+    def get_next(self, mask: bool = False) -> Any:
+        """The result of the scheduled call, or of a call made now."""
+        if self.background_result is None:
+            return self.prepare_logit_mask() if mask else self.next()
+        result, self.background_result = self.background_result.result(), None
+        return result
 
 
 # ---- the few functions that touch torch and exllamav2 ----
@@ -371,6 +459,7 @@ class ExLlamaV2Engine:
         self._template: ChatTemplate | None = None
         self._loaded: _Loaded | None = None
         self._stop_ids: tuple[int, ...] = ()
+        self._grammar_vocab = Vocabulary(self._lltokenizer)
 
     @property
     def context_length(self) -> int:
@@ -409,6 +498,26 @@ class ExLlamaV2Engine:
             self._device,
         )
 
+    def _n_vocab(self, loaded: _Loaded) -> int | None:
+        """The width of the model's logits (config.json's vocab_size), if the config says."""
+        size = getattr(loaded.model.config, "vocab_size", None)
+        return size if isinstance(size, int) and not isinstance(size, bool) else None
+
+    def _lltokenizer(self) -> Any:
+        """llguidance's tokenizer from the folder's tokenizer.json (what ExLlamaV2 reads too)."""
+        folder, loaded = self._require()
+        path = folder.path / "tokenizer.json"
+        try:
+            document = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ApiError(
+                400,
+                f"response_format needs the model's tokenizer.json, which cannot be read: {err}",
+                param="response_format",
+                code="unsupported_parameter",
+            ) from err
+        return tokenizer_from_json(document, n_vocab=self._n_vocab(loaded), eos=self._stop_ids)
+
     def _require(self) -> tuple[ModelFolder, _Loaded]:
         if self._folder is None or self._loaded is None:
             raise EngineError("the model is not loaded")
@@ -417,6 +526,22 @@ class ExLlamaV2Engine:
     def prepare(self, request: ChatRequest | CompletionRequest) -> Prepared:
         """Apply the chat template (chat) and tokenize; refuse what overflows the context."""
         folder, loaded = self._require()
+        if request.sampling.logit_bias:
+            raise ApiError(
+                400,
+                "logit_bias is not supported by the exllamav2 engine; send the request to a "
+                "model served by llama.cpp or MLX, or leave logit_bias out",
+                param="logit_bias",
+                code="unsupported_parameter",
+            )
+        if request.sampling.logprobs is not None:
+            raise ApiError(
+                400,
+                "logprobs are not available on engine exllamav2; send the request to a model "
+                "served by llama.cpp or MLX, or leave logprobs out",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
         if isinstance(request, ChatRequest):
             if self._template is None:
                 raise ApiError(
@@ -439,17 +564,28 @@ class ExLlamaV2Engine:
             param = "prompt"
         if not tokens:
             raise ApiError(400, "the prompt is empty", param=param)
-        return fit_context(tokens, request, self._n_ctx, param=param)
+        prepared = fit_context(tokens, request, self._n_ctx, param=param)
+        return replace(prepared, grammar=grammar_for(request, self._grammar_vocab))
+
+    def _job(self, loaded: _Loaded, prepared: Prepared) -> tuple[Any, Constraint | None]:
+        """The job for one choice of `prepared`, and its grammar's constraint if it has one."""
+        constraint = prepared.grammar.start() if prepared.grammar is not None else None
+        filters = []
+        if constraint is not None:
+            n_vocab = self._n_vocab(loaded) or self._grammar_vocab.get().vocab_size
+            filters.append(GrammarFilter(constraint, n_vocab, loaded.torch.from_numpy))
+        job = loaded.job_type(
+            input_ids=loaded.torch.tensor([list(prepared.tokens)], dtype=loaded.torch.long),
+            gen_settings=_settings(loaded, prepared.sampling),
+            **job_arguments(prepared, self._stop_ids, filters),
+        )
+        return job, constraint
 
     def generate(self, prepared: Prepared, cancel: threading.Event) -> Iterator[str | Finish]:
         """Run one job through the dynamic generator, yielding its text; ends with one Finish."""
         _folder, loaded = self._require()
         generator = loaded.generator
-        job = loaded.job_type(
-            input_ids=loaded.torch.tensor([list(prepared.tokens)], dtype=loaded.torch.long),
-            gen_settings=_settings(loaded, prepared.sampling),
-            **job_arguments(prepared, self._stop_ids),
-        )
+        job, constraint = self._job(loaded, prepared)
         stops = StopMatcher(prepared.sampling.stop)
         reason: FinishReason = "length"
         count: int | None = None
@@ -470,6 +606,13 @@ class ExLlamaV2Engine:
                     if text:
                         yield text
                     if stopped:
+                        reason, finished = "stop", True
+                        break
+                    if constraint is not None and constraint.done and not result.get("eos"):
+                        # The grammar is complete: end here rather than sample an end token.
+                        tail = stops.flush()
+                        if tail:
+                            yield tail
                         reason, finished = "stop", True
                         break
                     if result.get("eos"):

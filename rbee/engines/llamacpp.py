@@ -2,7 +2,16 @@
 
 Generation drives `Llama.generate` token by token instead of `create_completion`, so that rbee
 decodes UTF-8 incrementally (no re-detokenizing the whole answer per token), counts tokens exactly
-for `usage`, and checks the cancel flag between every two tokens.
+for `usage`, and checks the cancel flag between every two tokens. Logprobs come from the logits
+llama.cpp's sampler itself read for each sampled token (`llama_get_logits_ith(ctx, -1)`, still
+in place when `Llama.generate` yields the token): no `logits_all`, no copy of every position's
+logits, and nothing at all for a request that does not ask for them. A request's `logit_bias` is
+added to the logits first in llama.cpp's sampler chain (a logits processor, before the penalties
+and the samplers), as OpenAI applies it. A `response_format` is enforced in the same processor,
+after the bias: llguidance (rbee.engines.grammar, the same library as on every engine) says which
+tokens the grammar allows next and the others' logits become -inf, so top-k, top-p, min-p and the
+temperature sample among allowed tokens only. llama.cpp's own GBNF sampler (`grammar=`) is not
+used: one grammar compiler for every engine refuses the same schemas the same way.
 
 Loaded with `embedding=True`, the model serves embeddings only. The pooling is the GGUF's own
 (mean, CLS or last token, as its `*.pooling_type` says); a GGUF that declares none (a chat model)
@@ -13,26 +22,29 @@ OpenAI's API also takes token ids, and an input over the context must be refused
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ctypes
 import logging
 import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rbee.api.openai import ChatRequest, CompletionRequest, EmbeddingInput
+from rbee.api.openai import ChatRequest, CompletionRequest, EmbeddingInput, SamplingParams
 from rbee.engines.base import (
     Embeddings,
     Finish,
     FinishReason,
+    Piece,
     Prepared,
-    StopMatcher,
     check_embedding_tokens,
+    check_logit_bias,
     fit_context,
 )
+from rbee.engines.detokenize import TokenText, logprob_of
+from rbee.engines.grammar import Constraint, Vocabulary, grammar_for
 from rbee.engines.repack import LLAMA_DEFAULT_REPACK, RepackChoice
 from rbee.errors import ApiError, EngineError
 
@@ -45,25 +57,161 @@ _TOP_K = 40
 _MIN_P = 0.05
 
 
-def _token_pieces(llama_cpp: Any, vocab: Any, n_vocab: int) -> tuple[bytes, ...]:
-    """The bytes each token renders as (special tokens render as nothing, as in the API).
+class _Vocab:
+    """What generation asks of the vocabulary per token: its bytes, its text for logprobs, and
+    whether it ends generation. Asked of llama.cpp the first time a token comes up, then kept:
+    reading all of a vocabulary at load (49k tokens for SmolLM2) took 0.16 s of every load.
 
-    `Llama.detokenize([token])` renders into a 32-byte buffer and returns nothing for longer
-    tokens (SmolLM2 has 47, such as a newline and 32 spaces); this asks with room to spare and
-    once per token at load, so generation only looks bytes up.
+    Used from the engine's one thread only.
     """
-    size = 256
-    buf = ctypes.create_string_buffer(size)
-    pieces = []
-    for token in range(n_vocab):
-        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, False)
-        if n < 0:  # llama.cpp says -(bytes needed) when the buffer is too small: ask again
-            big = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(vocab, token, big, -n, 0, False)
-            pieces.append(big.raw[: max(n, 0)])
-        else:
-            pieces.append(buf.raw[:n])
-    return tuple(pieces)
+
+    def __init__(self, llama_cpp: Any, vocab: Any) -> None:
+        self._lib = llama_cpp
+        self._vocab = vocab
+        self._buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+        self._texts: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+
+    def _ask(self, token: int, special: bool) -> bytes:
+        # `Llama.detokenize([token])` renders into a 32-byte buffer and returns nothing for
+        # longer tokens (SmolLM2 has 47, such as a newline and 32 spaces): ask with room to spare.
+        n = self._lib.llama_token_to_piece(self._vocab, token, self._buf, 256, 0, special)
+        if n >= 0:
+            return self._buf.raw[:n]
+        big = ctypes.create_string_buffer(-n)  # -(bytes needed): ask again with that room
+        n = self._lib.llama_token_to_piece(self._vocab, token, big, -n, 0, special)
+        return big.raw[: max(n, 0)]
+
+    def rendered(self, token: int) -> bytes:
+        """The bytes of `token` with special tokens as their text (`<|im_end|>`), not cached:
+        for reading the whole vocabulary once."""
+        return self._ask(token, True)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes `token` renders as in an answer (special tokens: nothing, as in the API)."""
+        got = self._pieces.get(token)
+        if got is None:
+            got = self._pieces[token] = self._ask(token, False)
+        return got
+
+    def text(self, token: int) -> bytes:
+        """The bytes `token` shows as in logprobs: an end-of-turn token among the alternatives
+        shows as `<|im_end|>`, not as an empty string."""
+        piece = self.piece(token)
+        if piece:
+            return piece
+        got = self._texts.get(token)
+        if got is None:
+            got = self._texts[token] = self._ask(token, True)
+        return got
+
+    def is_eog(self, token: int) -> bool:
+        """True if `token` ends generation (end of text, end of turn...)."""
+        got = self._eog.get(token)
+        if got is None:
+            got = self._eog[token] = bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+        return got
+
+
+class _GrammarMask:
+    """The tokens a choice's grammar bans next, for the sampler to set to -inf.
+
+    The mask is computed in the generation loop, right after the grammar is fed the last token
+    (`advance`), not in llama.cpp's sampler callback: that callback re-enters Python from C, and
+    every time the engine thread takes the GIL back it may wait for the worker's event loop thread
+    to let go of it. One acquisition per token stays (the callback itself).
+    """
+
+    def __init__(self, constraint: Constraint, n_vocab: int) -> None:
+        self.constraint = constraint
+        self._n_vocab = n_vocab
+        self.banned = constraint.banned(n_vocab)
+
+    def advance(self, token: int) -> None:
+        """Feed `token` to the grammar and compute the mask for the token after it."""
+        self.constraint.feed(token)
+        if not self.constraint.done:
+            self.banned = self.constraint.banned(self._n_vocab)
+
+
+def _logits_processor(sampling: SamplingParams, mask: _GrammarMask | None) -> list[Any] | None:
+    """`Llama.generate`'s logits_processor: the request's logit_bias added, then the tokens its
+    grammar does not allow next set to -inf; None when there is neither.
+
+    llama-cpp-python runs it as the first sampler of the chain, on the candidates still in
+    token-id order, so the scores are indexed by token id.
+    """
+    import numpy as np  # noqa: PLC0415 - a dependency of llama-cpp-python, used only here
+
+    out = []
+    if sampling.logit_bias:
+        ids = np.array([t for t, _ in sampling.logit_bias], dtype=np.intc)
+        biases = np.array([b for _, b in sampling.logit_bias], dtype=np.single)
+
+        def add_bias(input_ids: Any, scores: Any) -> Any:
+            scores[ids] += biases
+            return scores
+
+        out.append(add_bias)
+    if mask is not None:
+
+        def allow(input_ids: Any, scores: Any) -> Any:
+            np.copyto(scores, -np.inf, where=mask.banned)
+            return scores
+
+        out.append(allow)
+    return out or None
+
+
+@dataclass(frozen=True)
+class _GrammarTokens:
+    """A loaded model's vocabulary as llguidance's TokenizerWrapper reads it: each token's bytes
+    (a special token's marked by a leading 0xFF byte, as llguidance expects), the end tokens,
+    and a way to tokenize text."""
+
+    tokens: list[bytes]
+    eos_token_id: int
+    bos_token_id: int | None
+    special_token_ids: list[int]
+    tokenize: Callable[[bytes], list[int]]
+
+    def __call__(self, text: bytes) -> list[int]:
+        return self.tokenize(text)
+
+
+def _lltokenizer(llama_cpp: Any, llm: Any) -> Any:
+    """llguidance's tokenizer for a loaded model (its masks as long as the model's logits),
+    ending on the model's end-of-generation tokens. (llguidance's own `llguidance.llamacpp`
+    helper does the same through a binding llama-cpp-python deprecates.)"""
+    from llguidance import LLTokenizer, TokenizerWrapper  # noqa: PLC0415 - on first use
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    texts = _Vocab(llama_cpp, vocab)
+    special = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+    user = llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+    tokens, specials, eog = [], [], []
+    for token in range(llm.n_vocab()):
+        text = texts.rendered(token)
+        attr = llama_cpp.llama_vocab_get_attr(vocab, token)
+        if attr & special or (attr & user and text.startswith(b"<") and text.endswith(b">")):
+            text = b"\xff" + text
+            specials.append(token)
+        tokens.append(text)
+        if texts.is_eog(token):
+            eog.append(token)
+    bos = llm.token_bos()
+    wrapper = _GrammarTokens(
+        tokens=tokens,
+        eos_token_id=eog[0] if eog else llm.token_eos(),
+        bos_token_id=bos if bos >= 0 else None,
+        special_token_ids=specials,
+        tokenize=lambda text: list(llm.tokenize(text, add_bos=False, special=False)),
+    )
+    try:
+        return LLTokenizer(TokenizerWrapper(wrapper), eos_token=eog or None)
+    except (ValueError, RuntimeError) as err:
+        raise EngineError(f"llguidance cannot read this model's vocabulary: {err}") from err
 
 
 @contextlib.contextmanager
@@ -127,8 +275,8 @@ class LlamaCppEngine:
         self.cpu_repack = cpu_repack
         self._llm: Any = None
         self._formatter: Any = None
-        self._eog: frozenset[int] = frozenset()
-        self._pieces: tuple[bytes, ...] = ()
+        self._tokens: _Vocab | None = None
+        self._grammar_vocab: Vocabulary | None = None
         self._pool_here = False
 
     @property
@@ -177,11 +325,8 @@ class LlamaCppEngine:
         if self.embedding:
             self._load_for_embeddings(llama_cpp, llm)
             return
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        self._pieces = _token_pieces(llama_cpp, vocab, llm.n_vocab())
-        self._eog = frozenset(
-            t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
-        )
+        self._tokens = _Vocab(llama_cpp, llama_cpp.llama_model_get_vocab(llm.model))
+        self._grammar_vocab = Vocabulary(lambda: _lltokenizer(llama_cpp, llm))
         template = llm.metadata.get("tokenizer.chat_template")
         if template:
             self._formatter = Jinja2ChatFormatter(
@@ -238,11 +383,30 @@ class LlamaCppEngine:
         else:
             tokens = llm.tokenize(request.prompt.encode(), add_bos=True, special=False)
             prompt_param = "prompt"
-        return fit_context(tokens, request, self._n_ctx, param=prompt_param)
+        check_logit_bias(request.sampling, llm.n_vocab())
+        prepared = fit_context(tokens, request, self._n_ctx, param=prompt_param)
+        if self._grammar_vocab is None:
+            return prepared
+        return replace(prepared, grammar=grammar_for(request, self._grammar_vocab))
 
-    def generate(self, prepared: Prepared, cancel: threading.Event) -> Iterator[str | Finish]:
+    def _vocab(self) -> _Vocab:
+        if self._tokens is None:
+            raise EngineError("the model is not loaded")
+        return self._tokens
+
+    def _logits_row(self, llm: Any) -> Any:
+        """The logits the last token was sampled from (a view: read it before the next decode)."""
+        import llama_cpp  # noqa: PLC0415 - engines import their library lazily
+        import numpy as np  # noqa: PLC0415 - a dependency of llama-cpp-python
+
+        row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(llm.n_vocab(),))
+
+    def generate(
+        self, prepared: Prepared, cancel: threading.Event
+    ) -> Iterator[str | Piece | Finish]:
         """Sample token by token, yielding decoded text; ends with one Finish."""
-        llm = self._require()
+        llm, vocab = self._require(), self._vocab()
         sampling = prepared.sampling
         if sampling.seed is None:
             llm.set_seed(random.getrandbits(32))
@@ -252,8 +416,13 @@ class LlamaCppEngine:
             # token. A seeded request asks for reproducible text, so it starts from a clean cache.
             llm.reset()
             llm.set_seed(sampling.seed & 0xFFFFFFFF)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(sampling.stop)
+        text = TokenText(sampling.stop)
+        top = sampling.logprobs
+        grammar = (
+            _GrammarMask(prepared.grammar.start(), llm.n_vocab())
+            if prepared.grammar is not None
+            else None
+        )
         count = 0
         reason: FinishReason = "length"
         flush = True
@@ -266,30 +435,39 @@ class LlamaCppEngine:
             repeat_penalty=1.0,
             frequency_penalty=sampling.frequency_penalty,
             presence_penalty=sampling.presence_penalty,
+            logits_processor=_logits_processor(sampling, grammar),
         )
         try:
             for token in tokens:
                 if cancel.is_set():
                     reason, flush = "cancelled", False
                     break
-                if token in self._eog:
+                if vocab.is_eog(token):
                     reason = "stop"
                     break
+                if grammar is not None:
+                    grammar.advance(token)
                 count += 1
-                text, stopped = stops.feed(decoder.decode(self._pieces[token]))
-                if text:
-                    yield text
+                logprob = (
+                    None
+                    if top is None
+                    else logprob_of(self._logits_row(llm), token, top, vocab.text)
+                )
+                out, stopped = text.add(vocab.piece(token), logprob)
+                if out is not None:
+                    yield out
                 if stopped:
                     reason, flush = "stop", False
+                    break
+                if grammar is not None and grammar.constraint.done:
+                    reason = "stop"  # the grammar is complete: nothing more may follow
                     break
                 if count >= prepared.max_tokens:
                     break
         finally:
             tokens.close()
-        if flush:
-            tail = stops.feed(decoder.decode(b"", final=True))[0] + stops.flush()
-            if tail:
-                yield tail
+        if flush and (tail := text.end()) is not None:
+            yield tail
         yield Finish(reason=reason, prompt_tokens=len(prepared.tokens), completion_tokens=count)
 
     def tokenize_inputs(self, inputs: Sequence[EmbeddingInput]) -> tuple[tuple[int, ...], ...]:

@@ -12,27 +12,44 @@ decoder (no re-detokenizing the answer per token), exact token counts, the cance
 between tokens, stop strings cut by StopMatcher. Sampling follows llama.cpp's chain (top-k 40,
 top-p, min-p 0.05, then temperature) so a request samples from the same distribution on either
 engine; the random key is the request's own (seeded requests are reproducible), and presence and
-frequency penalties are OpenAI's: over the tokens generated so far.
+frequency penalties are OpenAI's: over the tokens generated so far. A request's `logit_bias` is
+added to the logits before the penalties and the sampler, as on llama.cpp. A `response_format` is
+enforced by a last logits processor (llguidance, rbee.engines.grammar): the tokens its grammar
+does not allow next get -inf. It must know the token sampled last before the next step is built,
+so a constrained answer gives up mlx-lm's overlap of one step's sampling with the next's compute.
+
+Logprobs, when asked for, are taken from the logits as the model gave them (a first logits
+processor keeps them), so they mean what they mean on llama.cpp: the model's distribution before
+logit_bias, penalties and sampling.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import random
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rbee.api.logprobs import Logprob
 from rbee.api.openai import ChatRequest, CompletionRequest, SamplingParams
 from rbee.engines import gguf_meta
-from rbee.engines.base import Finish, FinishReason, Prepared, StopMatcher, fit_context
+from rbee.engines.base import (
+    Finish,
+    FinishReason,
+    Piece,
+    Prepared,
+    check_logit_bias,
+    fit_context,
+)
 from rbee.engines.chat_template import ChatTemplate, folder_template_source
+from rbee.engines.detokenize import TokenText, logprob_of
 from rbee.engines.fit import artifact_bytes, check_fits, estimate_need, mem_available
+from rbee.engines.grammar import Constraint, Vocabulary, grammar_for, tokenizer_from_json
 from rbee.errors import ApiError, EngineError
 
 __all__ = ["MlxEngine", "token_pieces"]
@@ -51,6 +68,7 @@ class _Vocab:
     tokenizer: Any  # tokenizers.Tokenizer; special tokens parsed (templated chat prompts)
     plain: Any  # the same tokenizer reading special tokens as text (raw completion prompts)
     pieces: tuple[bytes, ...]  # each token id's bytes, as llama.cpp renders it
+    special: dict[int, bytes]  # the text of each special token (they render as nothing above)
     eog: frozenset[int]
     template: ChatTemplate | None
     bos_text: str
@@ -156,6 +174,11 @@ def _make_vocab(
         tokenizer=tokenizer,
         plain=plain,
         pieces=token_pieces(document, where),
+        special={
+            int(t["id"]): str(t["content"]).encode()
+            for t in document.get("added_tokens") or []
+            if t.get("special")
+        },
         eog=frozenset(eog),
         template=(
             ChatTemplate(template, bos_token=bos_text, eos_token=eos_text, where=where)
@@ -235,6 +258,64 @@ def _sampler(sampling: SamplingParams, vocab_size: int) -> Callable[[Any], Any]:
     return sample
 
 
+def _logit_bias(sampling: SamplingParams) -> list[Callable[[Any, Any], Any]]:
+    """A logits processor adding the request's logit_bias (none without one)."""
+    import mlx.core as mx  # noqa: PLC0415
+
+    if not sampling.logit_bias:
+        return []
+    ids = mx.array([t for t, _ in sampling.logit_bias])
+    biases = mx.array([b for _, b in sampling.logit_bias])
+
+    def add_bias(tokens: Any, logits: Any) -> Any:
+        return logits.at[..., ids].add(biases.astype(logits.dtype))
+
+    return [add_bias]
+
+
+def _grammar_mask(constraint: Constraint, prompt_len: int) -> Callable[[Any, Any], Any]:
+    """A logits processor setting the logits of the tokens `constraint` does not allow next to
+    -inf. mlx-lm builds each step before it yields the token sampled last, so the grammar is
+    advanced here, over the tokens generated since (one per step); generate() feeds the tokens
+    no later step will see, the last one before max_tokens."""
+    import mlx.core as mx  # noqa: PLC0415
+
+    def allow(tokens: Any, logits: Any) -> Any:
+        new = tokens[prompt_len + constraint.fed :]
+        for token in new.tolist() if new.size else ():
+            constraint.feed(int(token))
+        allowed = mx.array(constraint.allowed(logits.shape[-1]))
+        return mx.where(allowed, logits, mx.array(-mx.inf, dtype=logits.dtype))
+
+    return allow
+
+
+class _RawLogits:
+    """A logits processor that changes nothing and keeps each step's logits, for logprobs: put
+    first, it sees them as the model gave them. mlx-lm builds the next step before it yields the
+    current token, so the rows queue up, one per step, in order."""
+
+    def __init__(self) -> None:
+        self.rows: deque[Any] = deque()
+
+    def __call__(self, tokens: Any, logits: Any) -> Any:
+        self.rows.append(logits)
+        return logits
+
+
+def _logprob(row: Any, token: int, top: int, vocab: _Vocab) -> Logprob:
+    """The Logprob of `token` sampled from one step's raw logits (an MLX array)."""
+    import mlx.core as mx  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415 - a dependency of mlx
+
+    pieces, special = vocab.pieces, vocab.special
+
+    def render(t: int) -> bytes:
+        return (pieces[t] if t < len(pieces) else b"") or special.get(t, b"")
+
+    return logprob_of(np.array(row.astype(mx.float32)), token, top, render)
+
+
 def _penalties(sampling: SamplingParams, prompt_len: int) -> list[Callable[[Any, Any], Any]]:
     """OpenAI's presence and frequency penalties over the tokens generated so far."""
     import mlx.core as mx  # noqa: PLC0415
@@ -267,6 +348,7 @@ class MlxEngine:
         self._config: dict[str, Any] = {}
         self._tokenizer_doc: dict[str, Any] = {}
         self._narrow: dict[str, Any] = {}  # half-precision weights computed in float32: dtype
+        self._grammar_vocab = Vocabulary(self._lltokenizer)
 
     @property
     def context_length(self) -> int:
@@ -378,6 +460,16 @@ class MlxEngine:
         self._vocab, self._tokenizer_doc = _folder_vocab(self._path, config)
         self._model, self._config, self._narrow = model, config, narrow
 
+    def _lltokenizer(self) -> Any:
+        """llguidance's tokenizer for the loaded model (masks as wide as its logits)."""
+        model, vocab = self._require()
+        n_vocab = int(getattr(getattr(model, "args", None), "vocab_size", 0) or len(vocab.pieces))
+        return tokenizer_from_json(
+            json.dumps(self._tokenizer_doc),
+            n_vocab=max(n_vocab, len(vocab.pieces)),
+            eos=sorted(vocab.eog),
+        )
+
     def _require(self) -> tuple[Any, _Vocab]:
         if self._model is None or self._vocab is None:
             raise EngineError("the model is not loaded")
@@ -406,48 +498,80 @@ class MlxEngine:
             prompt_param = "prompt"
         if not tokens:
             raise ApiError(400, "the prompt is empty", param=prompt_param)
-        return fit_context(tokens, request, self._n_ctx, param=prompt_param)
+        check_logit_bias(request.sampling, len(vocab.pieces))
+        prepared = fit_context(tokens, request, self._n_ctx, param=prompt_param)
+        return replace(prepared, grammar=grammar_for(request, self._grammar_vocab))
 
-    def token_ids(self, prepared: Prepared, cancel: threading.Event) -> Generator[int, None, None]:
-        """Sampled token ids, up to an end-of-generation token (excluded), max_tokens or cancel."""
+    def _steps(
+        self, prepared: Prepared, cancel: threading.Event, constraint: Constraint | None = None
+    ) -> Generator[tuple[int, Any], None, None]:
+        """Sampled token ids, each with the raw logits it was sampled from when the request
+        asked for logprobs (else None), up to an end-of-generation token (excluded), max_tokens
+        or cancel; with a `constraint`, only tokens its grammar allows."""
         import mlx.core as mx  # noqa: PLC0415
         from mlx_lm.generate import generate_step  # noqa: PLC0415
 
         model, vocab = self._require()
+        raw = _RawLogits() if prepared.sampling.logprobs is not None else None
+        mask = [_grammar_mask(constraint, len(prepared.tokens))] if constraint is not None else []
         steps = generate_step(
             mx.array(prepared.tokens),
             model,
             max_tokens=prepared.max_tokens,
             sampler=_sampler(prepared.sampling, len(vocab.pieces)),
-            logits_processors=_penalties(prepared.sampling, len(prepared.tokens)),
+            logits_processors=[
+                *([raw] if raw is not None else []),
+                *_logit_bias(prepared.sampling),
+                *_penalties(prepared.sampling, len(prepared.tokens)),
+                *mask,
+            ],
         )
         try:
             for token, _ in steps:
+                row = raw.rows.popleft() if raw is not None else None
                 if cancel.is_set() or token in vocab.eog:
                     return
-                yield int(token)
+                yield int(token), row
         finally:
             steps.close()
 
-    def generate(self, prepared: Prepared, cancel: threading.Event) -> Iterator[str | Finish]:
+    def token_ids(self, prepared: Prepared, cancel: threading.Event) -> Generator[int, None, None]:
+        """Sampled token ids, up to an end-of-generation token (excluded), max_tokens or cancel."""
+        steps = self._steps(prepared, cancel)
+        try:
+            for token, _ in steps:
+                yield token
+        finally:
+            steps.close()
+
+    def generate(
+        self, prepared: Prepared, cancel: threading.Event
+    ) -> Iterator[str | Piece | Finish]:
         """Yield decoded text as tokens come; ends with one Finish."""
         _, vocab = self._require()
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(prepared.sampling.stop)
+        text = TokenText(prepared.sampling.stop)
+        top = prepared.sampling.logprobs
         pieces = vocab.pieces
         count = 0
         reason: FinishReason = "length"
         flush = True
-        tokens = self.token_ids(prepared, cancel)
+        constraint = prepared.grammar.start() if prepared.grammar is not None else None
+        tokens = self._steps(prepared, cancel, constraint)
         try:
-            for token in tokens:
+            for token, row in tokens:
                 count += 1
+                if constraint is not None and constraint.fed < count:
+                    constraint.feed(token)  # no step after it: max_tokens is reached
                 piece = pieces[token] if token < len(pieces) else b""
-                text, stopped = stops.feed(decoder.decode(piece))
-                if text:
-                    yield text
+                logprob = None if top is None else _logprob(row, token, top, vocab)
+                out, stopped = text.add(piece, logprob)
+                if out is not None:
+                    yield out
                 if stopped:
                     reason, flush = "stop", False
+                    break
+                if constraint is not None and constraint.done:
+                    reason = "stop"  # the grammar is complete: nothing more may follow
                     break
             else:
                 if cancel.is_set():
@@ -456,10 +580,8 @@ class MlxEngine:
                     reason = "stop"
         finally:
             tokens.close()
-        if flush:
-            tail = stops.feed(decoder.decode(b"", final=True))[0] + stops.flush()
-            if tail:
-                yield tail
+        if flush and (tail := text.end()) is not None:
+            yield tail
         yield Finish(reason=reason, prompt_tokens=len(prepared.tokens), completion_tokens=count)
 
     def save_folder(self, dest: Path) -> None:

@@ -5,19 +5,28 @@ GET    /health                      liveness, a summary, and `degraded` with the
 GET    /metrics                     Prometheus text format (docs/api.md, "Metrics")
 GET    /v1/models                   models with a ready worker, and those a request loads
                                      (`"loaded": false`: stored or parked, rbee.queen.autoload)
+GET    /v1/models/{id}              one entry of that list (404 model_not_found)
 POST   /v1/chat/completions         routed to a worker, streamed token by token
 POST   /v1/completions              same, for text completions
 POST   /v1/embeddings               routed to a worker loaded for embeddings (`--embeddings`)
+POST   /v1/responses                OpenAI's Responses API (stateless), mapped onto chat
+                                     completions and back (rbee.queen.shapes)
+POST   /v1/messages                 Anthropic's Messages API, the same way
+POST   /v1/messages/count_tokens    a prompt's tokens, counted by a worker of its model
 GET    /v1/workers                  every worker the queen started
 POST   /v1/workers                  {"model", "engine"?, "device"?, "ctx_size"?, "threads"?,
                                      "embeddings"?}
 DELETE /v1/workers/{id}             stop one worker
 POST   /v1/workers/{id}/restart     start one worker again
+
+Browsers on the origins of the `cors_origins` setting (none by default) may call every route:
+CORS preflights are answered before the API key is asked for; the requests themselves need it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +35,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -54,8 +64,20 @@ from rbee.queen.job_ops import JOB_CHECKS, JOB_RUNNERS
 from rbee.queen.jobs_routes import job_routes
 from rbee.queen.metrics import take_snapshot
 from rbee.queen.service import LOCAL_HIVE, Queen
+from rbee.queen.shapes import key_refusal, shape_routes
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_EXPOSED_HEADERS = (
+    "Retry-After",
+    "X-Rbee-Worker",
+    "X-Rbee-Hive",
+    "X-Rbee-Queued-Ms",
+    "X-Rbee-Load-Ms",
+)
+"""Answer headers a browser page may read besides CORS's safelisted ones."""
 
 
 def _queen(request: Request) -> Queen:
@@ -91,22 +113,50 @@ async def metrics(request: Request) -> Response:
     return Response(queen.metrics.render(snapshot), media_type=CONTENT_TYPE_LATEST)
 
 
-async def models(request: Request) -> Response:
+async def _model_entries(request: Request) -> list[dict[str, Any]]:
+    """The entries of `GET /v1/models`: models with a ready worker, then those a request loads.
+
+    `created` is when the model was stored on this machine, or else when this queen first
+    listed it; either way the same on every call.
+    """
     queen = _queen(request)
+    first_listed: dict[str, int] = request.app.state.first_listed
     served = queen.registry.served_models()
+    stored = await asyncio.to_thread(queen.stored_models)
     now = int(time.time())
-    entries = [
-        {"id": m, "created": now, "context_length": ctx, "loaded": True}
-        for m, ctx in served.items()
-    ]
-    candidates = {*queen.desired.models(), *await asyncio.to_thread(queen.stored_models)}
+
+    def entry(model: str, ctx: int, loaded: bool) -> dict[str, Any]:
+        created = first_listed.setdefault(model, stored.get(model, now))
+        return {"id": model, "created": created, "context_length": ctx, "loaded": loaded}
+
+    entries = [entry(m, ctx, True) for m, ctx in served.items()]
+    candidates = {*queen.desired.models(), *stored}
     for model in sorted(candidates - served.keys()):
         ctx = queen.known_models(embeddings=False).get(model) or queen.loadable_context(
             model, embeddings=False
         )
         if ctx is not None:
-            entries.append({"id": model, "created": now, "context_length": ctx, "loaded": False})
-    return JSONResponse(responses.model_list(entries))
+            entries.append(entry(model, ctx, False))
+    return entries
+
+
+async def models(request: Request) -> Response:
+    return JSONResponse(responses.model_list(await _model_entries(request)))
+
+
+async def model_entry(request: Request) -> Response:
+    wanted: str = request.path_params["model"]
+    entries = await _model_entries(request)
+    found = [e for e in entries if e["id"] == wanted]
+    if not found:
+        listing = ", ".join(e["id"] for e in entries) or "none"
+        raise ApiError(
+            404,
+            f"the model {wanted[:100]!r} does not exist or cannot be served; models: {listing}",
+            param="model",
+            code="model_not_found",
+        )
+    return JSONResponse(responses.model_list(found)["data"][0])
 
 
 def _not_loadable(queen: Queen, model: str, *, embeddings: bool) -> str:
@@ -127,6 +177,45 @@ def _not_loadable(queen: Queen, model: str, *, embeddings: bool) -> str:
     return ""
 
 
+def check_servable(
+    queen: Queen, parsed: ChatRequest | CompletionRequest, max_param: str = "max_tokens"
+) -> None:
+    """Refuse a generation request the queen cannot serve: 404 when no worker serves its model
+    and none can be loaded, 400 when its max tokens (the field `max_param`) fill the context."""
+    served = queen.registry.served_models(embeddings=False)
+    context = (
+        served.get(parsed.model)
+        or queen.known_models(embeddings=False).get(parsed.model)
+        or queen.loadable_context(parsed.model, embeddings=False)
+    )
+    if context is None:
+        name = parsed.model[:100]
+        why = _not_loadable(queen, parsed.model, embeddings=False)
+        if parsed.model in queen.known_models(embeddings=True):
+            message = (
+                f"the model {name!r} has only workers loaded for embeddings (--embeddings); "
+                f"start one for chat and completions with `rbee worker spawn --model {name}`"
+            )
+        elif why:
+            message = why
+        else:
+            listing = ", ".join(served) or "none (start one with `rbee worker spawn --model ID`)"
+            message = (
+                f"the model {name!r} does not exist or has no ready worker; "
+                f"available models: {listing}"
+            )
+        raise ApiError(404, message, param="model", code="model_not_found")
+    wanted = parsed.sampling.max_tokens
+    if wanted is not None and wanted >= context:
+        raise ApiError(
+            400,
+            f"{max_param} is too large: {wanted}. The context of {parsed.model} is {context} "
+            "tokens, prompt included",
+            param=max_param,
+            code="context_length_exceeded",
+        )
+
+
 def _generation_route(
     path: str, parse: Callable[[Any], ChatRequest | CompletionRequest]
 ) -> Callable[[Request], Any]:
@@ -134,40 +223,7 @@ def _generation_route(
         queen = _queen(request)
         raw = await read_body(request)
         parsed = parse(parse_json(raw))
-        served = queen.registry.served_models(embeddings=False)
-        context = (
-            served.get(parsed.model)
-            or queen.known_models(embeddings=False).get(parsed.model)
-            or queen.loadable_context(parsed.model, embeddings=False)
-        )
-        if context is None:
-            name = parsed.model[:100]
-            why = _not_loadable(queen, parsed.model, embeddings=False)
-            if parsed.model in queen.known_models(embeddings=True):
-                message = (
-                    f"the model {name!r} has only workers loaded for embeddings (--embeddings); "
-                    f"start one for chat and completions with `rbee worker spawn --model {name}`"
-                )
-            elif why:
-                message = why
-            else:
-                listing = (
-                    ", ".join(served) or "none (start one with `rbee worker spawn --model ID`)"
-                )
-                message = (
-                    f"the model {name!r} does not exist or has no ready worker; "
-                    f"available models: {listing}"
-                )
-            raise ApiError(404, message, param="model", code="model_not_found")
-        wanted = parsed.sampling.max_tokens
-        if wanted is not None and wanted >= context:
-            raise ApiError(
-                400,
-                f"max_tokens is too large: {wanted}. The context of {parsed.model} is {context} "
-                "tokens, prompt included",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
+        check_servable(queen, parsed)
         return await queen.relay.forward(request, parsed.model, path, raw, parsed.stream)
 
     return endpoint
@@ -207,13 +263,33 @@ def create_app(queen: Queen) -> Starlette:
     api_key = queen.options.api_key
     # The access log is outermost: it sees every answer, a refused API key's included.
     middleware = [Middleware(AccessLogMiddleware)]
+    origins = queen.options.limits.cors_origins
+    if origins:
+        if "*" in origins and not api_key:
+            log.warning(
+                "cors_origins is '*' and the queen has no API key: any web page a browser on "
+                "this machine opens can use this queen's API, its admin routes included"
+            )
+        # Outside the API key check: a browser's preflight (OPTIONS) never carries the key.
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["*"],
+                expose_headers=_EXPOSED_HEADERS,
+                allow_private_network=True,
+            )
+        )
     if api_key:
-        middleware.append(Middleware(ApiKeyMiddleware, api_key=api_key))
+        middleware.append(Middleware(ApiKeyMiddleware, api_key=api_key, refusal=key_refusal))
     app = Starlette(
         routes=[
             Route("/health", health),
             Route("/metrics", metrics),
             Route("/v1/models", models),
+            # Ids have no '/' (rbee.models.catalog); a path still answers model_not_found.
+            Route("/v1/models/{model:path}", model_entry),
             Route(
                 "/v1/chat/completions",
                 _generation_route("/v1/chat/completions", parse_chat_request),
@@ -225,6 +301,7 @@ def create_app(queen: Queen) -> Starlette:
                 methods=["POST"],
             ),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            *shape_routes(check_servable),
             *worker_routes(),
             *admin_routes(),
             *job_routes(),
@@ -233,6 +310,7 @@ def create_app(queen: Queen) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.queen = queen
+    app.state.first_listed = {}
     app.state.worker_admin = QueenWorkers(queen)
     app.state.jobs = queen.jobs
     app.state.job_runners = JOB_RUNNERS

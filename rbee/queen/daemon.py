@@ -153,8 +153,11 @@ def limit_flags(limits: Limits) -> list[str]:
         "--max-queued-tokens", str(limits.max_queued_tokens),
         "--request-timeout", repr(limits.request_timeout),
         "--load-timeout", repr(limits.load_timeout),
+        "--keepalive", repr(limits.keepalive),
         "--idle-ttl", repr(limits.idle_ttl),
     ]  # fmt: skip
+    for origin in limits.cors_origins:
+        flags += ["--cors-origin", origin]
     return flags if limits.autoload else [*flags, "--no-autoload"]
 
 

@@ -58,7 +58,14 @@ from rbee.queen.metrics import QueenMetrics
 from rbee.queen.registry import Endpoint, Registry
 from rbee.ssh.connection import MAX_FORWARDED
 
-__all__ = ["RELAYED_PER_HIVE", "Relay", "RelayResponse", "Unavailable", "WaitingStream"]
+__all__ = [
+    "RELAYED_PER_HIVE",
+    "Relay",
+    "RelayResponse",
+    "Unavailable",
+    "WaitingStream",
+    "error_of",
+]
 
 RELAYED_PER_HIVE = MAX_FORWARDED - 1
 QUEUED_HEADER = "x-rbee-queued-ms"
@@ -224,7 +231,7 @@ class WaitingStream(ClosingStreamingResponse):
             yield sse.DONE
             return
         if not isinstance(answer, RelayResponse):
-            yield sse.encode(_error_of(answer).body())
+            yield sse.encode(error_of(answer).body())
             yield sse.DONE
             return
         self._inner = answer
@@ -251,12 +258,19 @@ class WaitingStream(ClosingStreamingResponse):
                 self._on_end()
 
 
-def _error_of(answer: Response) -> ApiError:
-    """The ApiError a whole (non-stream) error answer carries, for a stream's error event."""
+def error_of(answer: Response) -> ApiError:
+    """The ApiError a whole (non-stream) error answer carries: for a stream's error event, or to
+    answer it in another API's shape (its Retry-After kept)."""
+    retry_after: float | None = None
+    with contextlib.suppress(ValueError):
+        retry_after = float(answer.headers.get("retry-after", ""))
+    if retry_after is not None and not math.isfinite(retry_after):
+        retry_after = None
     try:
         error = json.loads(bytes(answer.body))["error"]
         return ApiError(answer.status_code, str(error["message"]), type=str(error["type"]),
-                        code=error.get("code"))  # fmt: skip
+                        param=error.get("param"), code=error.get("code"),
+                        retry_after=retry_after)  # fmt: skip
     except (ValueError, KeyError, TypeError):
         return ApiError(answer.status_code, f"the worker answered {answer.status_code}",
                         type="server_error")  # fmt: skip
@@ -404,8 +418,11 @@ class Relay:
         stream: bool,
         *,
         embeddings: bool = False,
+        pace: bool = True,
     ) -> Response:
         """POST `raw` to `path` on a worker serving `model` (for embeddings, if asked); relay.
+        `pace`: the answer's time counts in the worker's pace (not for a request that does not
+        generate, such as counting tokens).
 
         Bounded by the request's deadline (`--request-timeout`, lowered by `X-Rbee-Deadline`):
         past it, 504, and the worker stops (its connection is closed). A stream that has to wait
@@ -416,7 +433,8 @@ class Relay:
             raise ApiError(503, "the queen is shutting down", type="server_error",
                            code="shutting_down", retry_after=5)  # fmt: skip
         trip = _Trip(model, path, raw, stream, embeddings,
-                     deadline=request_deadline(request, self.limits.request_timeout))  # fmt: skip
+                     deadline=request_deadline(request, self.limits.request_timeout),
+                     pace=pace)  # fmt: skip
         self._begin()
         handed_over = False
         try:
@@ -567,7 +585,7 @@ class Relay:
                 return None
             finally:
                 await upstream.aclose()
-            if upstream.status_code == 200:
+            if upstream.status_code == 200 and trip.pace:
                 _learn_pace(endpoint, time.monotonic() - sent, upstream)
             if "retry-after" in upstream.headers:
                 headers["Retry-After"] = upstream.headers["retry-after"]
@@ -668,6 +686,8 @@ class _Trip:
     stream: bool
     embeddings: bool
     deadline: float | None
+    pace: bool = True
+    """Whether the answer's time counts in the worker's pace (it does for generation)."""
     arrived: float = field(default_factory=time.monotonic)
     waiting_for_worker: bool = False
     """Now waiting for a worker of the model to come (a load, a restart)."""

@@ -26,6 +26,7 @@ from rbee.config.settings import Paths, Timeouts
 from rbee.engines.select import Choice
 from rbee.errors import ApiError, RbeeError, WorkerNotFoundError
 from rbee.hive.service import HiveService
+from rbee.models.manifest import MANIFEST
 from rbee.queen.autoload import Autoloader
 from rbee.queen.desired import DesiredState, DesiredWorker
 from rbee.queen.fleet import Fleet
@@ -263,9 +264,15 @@ class Queen:
             return WorkerSpec(model=model).ctx_size
         return None
 
-    def stored_models(self) -> list[str]:
-        """The models in this machine's store (reads the store: call it off the event loop)."""
-        return [m.id for m in self.hive.store.list()]
+    def stored_models(self) -> dict[str, int]:
+        """The models in this machine's store, each with when it was stored (the last write of
+        its manifest, in seconds since the epoch; reads the store: call it off the event loop)."""
+        store = self.hive.store
+        since = {}
+        for stored in store.list():
+            with contextlib.suppress(OSError):  # removed since it was listed
+                since[stored.id] = int((store.folder(stored.id) / MANIFEST).stat().st_mtime)
+        return since
 
     def unavailable(self, model: str, embeddings: bool) -> Unavailable | None:
         """Why no ready worker serves `model`, and whether one is coming; None if it is not

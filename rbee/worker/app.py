@@ -2,7 +2,9 @@
 
 A worker serves either generation (`/v1/chat/completions`, `/v1/completions`) or, when its model
 was loaded for embeddings (`--embeddings`), `/v1/embeddings`; each refuses the other's routes with
-a 400 that says which worker to start instead.
+a 400 that says which worker to start instead. `POST /tokenize` takes a chat request and answers
+its prompt's tokens as generation would see them, `{"count", "max_model_len", "tokens"}` (as
+vLLM's route does), for the queen's `/v1/messages/count_tokens`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,6 +30,7 @@ from rbee.api.http import (
     read_json,
     request_deadline,
 )
+from rbee.api.logprobs import CompletionLogprobs, Logprob, chat_logprobs
 from rbee.api.openai import (
     ChatRequest,
     CompletionRequest,
@@ -35,7 +38,7 @@ from rbee.api.openai import (
     parse_completion_request,
     parse_embedding_request,
 )
-from rbee.engines.base import Finish, embedder_of
+from rbee.engines.base import Finish, Piece, embedder_of
 from rbee.errors import ApiError, DeadlineError, EngineError
 from rbee.worker.runner import EngineRunner, Generation
 
@@ -86,14 +89,7 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
     async def generate(request: Request, parsed: ChatRequest | CompletionRequest) -> Response:
         check_model(parsed.model)
         if embedder is not None:
-            raise ApiError(
-                400,
-                f"this worker loaded {model_id} for embeddings (--embeddings) and serves "
-                "/v1/embeddings only; for chat and completions, start a worker without "
-                f"--embeddings (`rbee worker spawn --model {model_id}`)",
-                param="model",
-                code="model_not_supported",
-            )
+            raise _embeddings_only(model_id)
         prepared = await runner.prepare(parsed)
         generation = runner.submit(prepared)  # a full queue: 503 server_overloaded, at once
         deadline = request_deadline(request, None)
@@ -115,16 +111,17 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
                 headers={**SSE_HEADERS, **trace},
             )
         try:
-            text, finish = await until_disconnect(request, _collect(generation))
+            choices, prompt_tokens, completion_tokens = await until_disconnect(
+                request, _collect(generation, parsed)
+            )
         except ClientGoneError:
             return Response(status_code=499)
         body = responses.completion(
             parsed.kind,
             parsed.model,
-            text=text,
-            finish_reason=finish.reason,
-            prompt_tokens=finish.prompt_tokens,
-            completion_tokens=finish.completion_tokens,
+            choices=choices,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
         )
         return JSONResponse(body, headers=trace)
 
@@ -179,37 +176,108 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", complete, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            _tokenize_route(runner, model_id, check_model),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
     )
 
 
-async def _collect(generation: Generation) -> tuple[str, Finish]:
+def _embeddings_only(model_id: str) -> ApiError:
+    """The 400 for a chat or completion request to a worker loaded for embeddings."""
+    return ApiError(
+        400,
+        f"this worker loaded {model_id} for embeddings (--embeddings) and serves "
+        "/v1/embeddings only; for chat and completions, start a worker without "
+        f"--embeddings (`rbee worker spawn --model {model_id}`)",
+        param="model",
+        code="model_not_supported",
+    )
+
+
+def _tokenize_route(runner: EngineRunner, model_id: str, check: Callable[[str], None]) -> Route:
+    """`POST /tokenize`: a chat request's prompt tokens, templated and tokenized as generation
+    would see them (off the engine's thread, never queued), after `check` of its model."""
+
+    async def tokenize(request: Request) -> Response:
+        parsed = parse_chat_request(await read_json(request))
+        check(parsed.model)
+        if embedder_of(runner.engine) is not None:
+            raise _embeddings_only(model_id)
+        prepared = await runner.prepare(parsed)
+        context = runner.engine.context_length
+        return JSONResponse(
+            {"count": len(prepared.tokens), "max_model_len": context, "tokens": prepared.tokens}
+        )
+
+    return Route("/tokenize", tokenize, methods=["POST"])
+
+
+_Shaper = Callable[[Sequence[Logprob]], dict[str, Any]]
+"""Turns one choice's next tokens' Logprobs into a `logprobs` object of the request's kind."""
+
+
+def _logprobs_shaper(parsed: ChatRequest | CompletionRequest) -> _Shaper | None:
+    """A fresh shaper for the next choice of `parsed`; None if it asked for no logprobs."""
+    if parsed.sampling.logprobs is None:
+        return None
+    if isinstance(parsed, ChatRequest):
+        return chat_logprobs
+    return CompletionLogprobs(parsed.prompt).add
+
+
+async def _collect(
+    generation: Generation, parsed: ChatRequest | CompletionRequest
+) -> tuple[list[responses.Choice], int, int]:
+    """Every choice of a whole answer; the prompt's tokens and all choices' generated tokens."""
+    choices: list[responses.Choice] = []
     parts: list[str] = []
+    logprobs: list[Logprob] = []
+    prompt_tokens = completion_tokens = 0
     try:
         async for item in generation:
             if isinstance(item, Finish):
+                completion_tokens += item.completion_tokens
                 if generation.expired:
                     raise DeadlineError(
-                        f"the request's deadline passed after {item.completion_tokens} tokens"
+                        f"the request's deadline passed after {completion_tokens} tokens"
                     )
-                return "".join(parts), item
-            parts.append(item)
+                shape = _logprobs_shaper(parsed)
+                choices.append(
+                    responses.Choice(
+                        "".join(parts), item.reason, shape(logprobs) if shape else None
+                    )
+                )
+                parts, logprobs = [], []
+                prompt_tokens = item.prompt_tokens
+            elif isinstance(item, Piece):
+                parts.append(item.text)
+                logprobs.extend(item.logprobs)
+            else:
+                parts.append(item)
     finally:
         generation.close()
-    raise EngineError("generation ended without finishing")
+    if len(choices) != parsed.sampling.n:
+        raise EngineError("generation ended without finishing")
+    return choices, prompt_tokens, completion_tokens
 
 
 async def _stream(
     generation: Generation, parsed: ChatRequest | CompletionRequest
 ) -> AsyncIterator[bytes]:
+    """The SSE events of a streamed answer: choice after choice, as OpenAI sends them (each
+    chunk one choice's delta, each choice ending with its own finish_reason chunk), then the
+    usage of all choices when asked for, then [DONE]."""
     kind, model = parsed.kind, parsed.model
     rid, created = responses.new_id(kind), int(time.time())
     with_usage = parsed.include_usage
+    index, completion_tokens = 0, 0
+    shape = _logprobs_shaper(parsed)
 
     def event(**fields: Any) -> bytes:
         return sse.encode(
-            responses.chunk(kind, rid, created, model, include_usage=with_usage, **fields)
+            responses.chunk(
+                kind, rid, created, model, index=index, include_usage=with_usage, **fields
+            )
         )
 
     try:
@@ -217,11 +285,18 @@ async def _stream(
             yield event(role=True)
         async for item in generation:
             if isinstance(item, Finish):
+                completion_tokens += item.completion_tokens
                 if generation.expired:
-                    message = f"the request's deadline passed after {item.completion_tokens} tokens"
+                    message = f"the request's deadline passed after {completion_tokens} tokens"
                     yield sse.encode(DeadlineError(message).body())
                     break
                 yield event(text=None if kind == "chat" else "", finish_reason=item.reason)
+                index += 1
+                if index < parsed.sampling.n and item.reason != "cancelled":
+                    shape = _logprobs_shaper(parsed)
+                    if kind == "chat":
+                        yield event(role=True)
+                    continue
                 if with_usage:
                     yield sse.encode(
                         responses.usage_chunk(
@@ -230,11 +305,14 @@ async def _stream(
                             created,
                             model,
                             prompt_tokens=item.prompt_tokens,
-                            completion_tokens=item.completion_tokens,
+                            completion_tokens=completion_tokens,
                         )
                     )
                 break
-            yield event(text=item)
+            if isinstance(item, Piece):
+                yield event(text=item.text, logprobs=shape(item.logprobs) if shape else None)
+            else:
+                yield event(text=item)
     except EngineError as err:
         log.warning("stream %s failed: %s", rid, err)
         yield sse.encode(ApiError(500, str(err), type="server_error").body())

@@ -3,8 +3,10 @@
 Engines are not thread-safe and block while they compute, so every generation runs on the runner's
 thread, one at a time, in arrival order (like mlx-lm's server: one generation thread, a queue per
 request). Each request gets an asyncio queue; the thread pushes pieces into it with
-`call_soon_threadsafe`. Leaving the async iterator early (a client that disconnected) sets the
-request's cancel flag, which the engine checks between tokens. Embedding requests (a worker loaded
+`call_soon_threadsafe`. A request with `n` choices runs them one after another, each a generate()
+call of its own with that choice's seed, without another request in between. Leaving the async
+iterator early (a client that disconnected) sets the request's cancel flag, which the engine checks
+between tokens (and the runner between choices). Embedding requests (a worker loaded
 for embeddings) take the same thread and queue; their answer is one future, their cancel flag is
 checked between llama.cpp batches.
 
@@ -25,20 +27,21 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Literal
 
 from rbee.api.openai import ChatRequest, CompletionRequest, EmbeddingInput
-from rbee.engines.base import Embedder, Embeddings, Engine, Finish, Prepared, embedder_of
+from rbee.engines.base import Embedder, Embeddings, Engine, Finish, Piece, Prepared, embedder_of
 from rbee.errors import DeadlineError, EngineError, OverloadedError, RbeeError
 
 __all__ = ["COMPUTE_NICENESS", "Admission", "EngineRunner", "Generation", "RunnerStats"]
 
 log = logging.getLogger(__name__)
 
-_Item = str | Finish | BaseException
+_Item = str | Piece | Finish | BaseException | None
+"""What the engine thread sends a generation: its pieces and Finishes, an error, None at the end."""
 
 COMPUTE_NICENESS = 5
 """How much lower than the I/O threads' the compute threads' priority is (a nice increment)."""
@@ -115,7 +118,8 @@ class _EmbedJob:
 
 class Generation:
     """One admitted generation: `started()` waits for the engine to take it, iterating yields
-    its pieces then its Finish, `close()` takes it out of the queue or stops it."""
+    each choice's pieces then its Finish (choice 0 first; a cancelled choice is the last),
+    `close()` takes it out of the queue or stops it."""
 
     def __init__(self, runner: EngineRunner, job: _Job) -> None:
         self._runner = runner
@@ -149,14 +153,16 @@ class Generation:
     def __aiter__(self) -> Generation:
         return self
 
-    async def __anext__(self) -> str | Finish:
+    async def __anext__(self) -> str | Piece | Finish:
         if self._finished:
             raise StopAsyncIteration
         item = await self._job.out.get()
+        if item is None:
+            self._finished = True
+            raise StopAsyncIteration
         if isinstance(item, BaseException):
             self._finished = True
             raise EngineError(f"generation failed: {item}") from item
-        self._finished = isinstance(item, Finish)
         return item
 
     def close(self) -> None:
@@ -292,13 +298,18 @@ class EngineRunner:
     def submit(self, prepared: Prepared) -> Generation:
         """Admit one generation (OverloadedError at once when the queue is full)."""
         loop = asyncio.get_running_loop()
+        # A request with n choices waits as n requests' worth of prompt tokens: the engine reads
+        # its prompt once per choice (a seeded one from a clean cache each time) and generates n
+        # answers, so that is the work it holds the queue for. It takes one place in the queue,
+        # as it is one request: the queen counts requests per worker (Endpoint.capacity), and a
+        # request alone in the queue is still never refused for its size.
         job = _Job(prepared, threading.Event(), loop, asyncio.Queue(), loop.create_future(),
-                   tokens=len(prepared.tokens))  # fmt: skip
+                   tokens=len(prepared.tokens) * prepared.sampling.n)  # fmt: skip
         self._admit(job)
         return Generation(self, job)
 
-    async def stream(self, prepared: Prepared) -> AsyncGenerator[str | Finish, None]:
-        """Yield the pieces of one generation, then its Finish."""
+    async def stream(self, prepared: Prepared) -> AsyncGenerator[str | Piece | Finish, None]:
+        """Yield the pieces of one generation, then its Finish (each choice's in turn)."""
         generation = self.submit(prepared)
         try:
             async for item in generation:
@@ -399,18 +410,36 @@ class EngineRunner:
                 job.cancel.set()
 
         try:
-            for item in self.engine.generate(job.prepared, job.cancel):
-                if isinstance(item, Finish):
-                    self.stats.prompt_tokens += item.prompt_tokens
-                    self.stats.generated_tokens += item.completion_tokens
-                    if item.reason == "cancelled":
-                        self.stats.cancelled += 1
-                    self.stats.last_finish = {
-                        "reason": item.reason,
-                        "prompt_tokens": item.prompt_tokens,
-                        "completion_tokens": item.completion_tokens,
-                    }
-                put(item)
+            for index in range(job.prepared.sampling.n):
+                if not self._run_choice(job, index, put):
+                    break
         except Exception as err:
             log.exception("generation failed")
             put(err)
+        put(None)
+
+    def _run_choice(self, job: _Job, index: int, put: Callable[[_Item], None]) -> bool:
+        """Generate choice `index` of `job`; False when the job was cancelled (no more choices)."""
+        if index and job.cancel.is_set():
+            return False
+        prepared = replace(job.prepared, sampling=job.prepared.sampling.for_choice(index))
+        finish: Finish | None = None
+        for item in self.engine.generate(prepared, job.cancel):
+            if not isinstance(item, Finish):
+                put(item)
+                continue
+            finish = replace(item, index=index)
+            if index == 0:  # the prompt counts once, as in the answer's usage
+                self.stats.prompt_tokens += finish.prompt_tokens
+            self.stats.generated_tokens += finish.completion_tokens
+            if finish.reason == "cancelled":
+                self.stats.cancelled += 1
+            self.stats.last_finish = {
+                "reason": finish.reason,
+                "prompt_tokens": finish.prompt_tokens,
+                "completion_tokens": finish.completion_tokens,
+            }
+            put(finish)
+        if finish is None:
+            raise EngineError("the engine ended a choice without finishing it")
+        return finish.reason != "cancelled"
