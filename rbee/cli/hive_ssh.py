@@ -31,7 +31,15 @@ def hive_trust(args: argparse.Namespace, paths: Paths) -> int:
     """Show the host key a hive offers; record it in known_hosts once confirmed."""
     config = load_hives(hives_path(paths, args.hives))
     hive = config.get(args.alias)
-    key = asyncio.run(fetch_host_key(hive.alias, config.path, host=hive.hostname, port=hive.port))
+    key = asyncio.run(
+        fetch_host_key(
+            hive.alias,
+            config.path,
+            host=hive.hostname,
+            port=hive.port,
+            config_text=config.asyncssh_text(hive.alias),
+        )
+    )
     known_hosts = hive.known_hosts()
     emit(f"{hive.alias} ({hive.hostname} port {hive.port}) offers this host key:")
     emit(f"  {key.algorithm} {key.fingerprint}")

@@ -1,4 +1,5 @@
-"""Commands that read hives.conf without connecting: `rbee hive list`, `rbee config check`."""
+"""Commands that read hives.conf without connecting: `rbee hive list`, `rbee config check`,
+`rbee config show`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from rbee.cli.output import emit, table
 from rbee.config.hives import hives_path, load_hives
 from rbee.config.settings import Paths
 
-__all__ = ["config_check", "hive_list"]
+__all__ = ["config_check", "config_show", "hive_list"]
 
 
 def hive_list(args: argparse.Namespace, paths: Paths) -> int:
@@ -20,7 +21,7 @@ def hive_list(args: argparse.Namespace, paths: Paths) -> int:
     table(
         ["ALIAS", "HOST", "USER", "PORT", "HIVE PORT", "BACKEND", "INSTALL DIR"],
         [
-            [h.alias, h.hostname, h.user or "-", h.port, h.hive_port, h.backend, h.install_dir]
+            [h.alias, h.hostname, h.user, h.port, h.hive_port, h.backend, h.install_dir]
             for h in config.hives
         ],
     )
@@ -31,4 +32,12 @@ def config_check(args: argparse.Namespace, paths: Paths) -> int:
     """Check hives.conf without connecting anywhere."""
     config = load_hives(hives_path(paths, args.hives))
     emit(f"{config.path}: {len(config.hives)} hive(s) OK")
+    return 0
+
+
+def config_show(args: argparse.Namespace, paths: Paths) -> int:
+    """Print one hive's settings as hives.conf resolves them, in `ssh -G`'s form."""
+    hive = load_hives(hives_path(paths, args.hives)).get(args.alias)
+    for key, value in hive.settings():
+        emit(f"{key} {value}")
     return 0

@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmds.add_parser(
         "check", help="check hives.conf without connecting anywhere"
     ).set_defaults(handler=_lazy("hives", "config_check"))
+    show = config_cmds.add_parser("show", help="print a hive's settings as ssh resolves them")
+    show.add_argument("alias", metavar="ALIAS")
+    show.set_defaults(handler=_lazy("hives", "config_show"))
 
     job = commands.add_parser("job", help="watch, list and cancel the queen's jobs")
     job_cmds = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")

@@ -76,11 +76,6 @@ def file_problem(path: Path) -> str | None:
 def check_directive(d: Directive, problem: FileProblem = file_problem) -> Value:
     """Check one non-block directive; return its value for the keys rbee resolves."""
     key = d.key
-    if key in RBEE_KEYS and any(block.kind == "match" for block in d.scope):
-        raise d.error(
-            f"{d.keyword} inside a Match block: Rbee keys belong in Host blocks "
-            "(rbee does not evaluate Match)"
-        )
     if key.startswith("rbee") and key not in RBEE_KEYS:
         known = ", ".join(sorted(RBEE_KEYS.values()))
         raise d.error(f"unknown rbee key {d.keyword} (known: {known})")

@@ -1,18 +1,17 @@
 """OpenSSH `ssh_config` syntax: lines to directives, with Host/Match scopes and Include expanded.
 
-This module knows the syntax only (keywords, quoting, blocks, Include); what the keys mean is
-`rbee.config.hives`' business. Lines are parsed lazily, so the first mistake in file order is the
-one reported, as `FILE:LINE: message`. `host_text` cuts a parsed file down to what applies to one
-host, so asyncssh need not parse every hive's lines for every connection.
+This module knows the syntax only (keywords, quoting, blocks, Include), split as OpenSSH splits
+it; what the keys mean and which blocks apply to a host is `rbee.config.sshresolve`'s business.
+Lines are parsed lazily, so the first mistake in file order is the one reported, as
+`FILE:LINE: message`.
 """
 
 from __future__ import annotations
 
-import functools
 import glob
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,12 +21,9 @@ from rbee.errors import ConfigError
 __all__ = [
     "MAX_FILE_BYTES",
     "MAX_INCLUDE_DEPTH",
-    "MAX_JUMP_HOSTS",
     "Block",
     "Directive",
     "Line",
-    "host_matches",
-    "host_text",
     "located",
     "parse_lines",
     "read_directives",
@@ -36,17 +32,22 @@ __all__ = [
 
 MAX_FILE_BYTES = 1 << 20
 MAX_INCLUDE_DEPTH = 16
-MAX_JUMP_HOSTS = 8
-"""host_text() gives up (None) on more jump hosts than this behind one hive."""
+"""As OpenSSH: the file given plus 16 levels of Include."""
 
 _KEYWORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 _GLOB_CHARS = frozenset("*?[")
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_BLANK = " \t\r\n"  # what ssh skips around keywords (its WHITESPACE)
 
 
 def located(path: Path, line: int, message: str) -> ConfigError:
     """A ConfigError reading `path:line: message`."""
     return ConfigError(f"{path}:{line}: {message}")
+
+
+def _rest(text: str, keyword: str) -> str:
+    """The arguments as written: what follows the keyword, its blanks and one `=`."""
+    rest = text[len(keyword) :].lstrip(_BLANK)
+    return rest[1:].lstrip(_BLANK) if rest.startswith("=") else rest
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Line:
     keyword: str
     args: tuple[str, ...]
     text: str = ""
-    """The line as written, without surrounding blanks (asyncssh tokenizes it its own way)."""
+    """The line as written, without surrounding blanks."""
 
     @property
     def key(self) -> str:
@@ -67,20 +68,18 @@ class Line:
     @property
     def rest(self) -> str:
         """The arguments as written: the text after the keyword and its `=` if any."""
-        rest = self.text[len(self.keyword) :].lstrip()
-        return rest[1:].lstrip() if rest.startswith("=") else rest
+        return _rest(self.text, self.keyword)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Block:
-    """A `Host` or `Match` line that opens a block, with where it was written."""
+    """A `Host` or `Match` block as read, once per time its line is read (an Include read twice
+    makes two), so blocks compare by identity."""
 
     kind: Literal["host", "match"]
     patterns: tuple[str, ...]
     path: Path
     line: int
-    criteria: str = ""
-    """The arguments as written (a Match line's criteria, as asyncssh reads them)."""
 
 
 @dataclass(frozen=True)
@@ -92,13 +91,22 @@ class Directive:
     path: Path
     line: int
     scope: tuple[Block, ...]
+    """The blocks around this line: one per file level that has opened one, outermost first.
+    The line applies to a host when each of them applied when its Host or Match line was read."""
     text: str = ""
     """The line as written, without surrounding blanks."""
+    opens: Block | None = None
+    """For a Host or Match line: the block it starts (the lines after it carry it in `scope`)."""
 
     @property
     def key(self) -> str:
         """The keyword, lowercased."""
         return self.keyword.lower()
+
+    @property
+    def rest(self) -> str:
+        """The arguments as written (ProxyJump, ProxyCommand and Match read them so in ssh)."""
+        return _rest(self.text, self.keyword)
 
     def error(self, message: str) -> ConfigError:
         """A ConfigError located at this directive."""
@@ -107,50 +115,42 @@ class Directive:
 
 def split_words(text: str) -> list[tuple[str, bool]]:
     """Split arguments as ssh does; each word says if it starts with an unquoted `#`."""
-    # Whitespace separates words; "double" and 'single' quotes group them; a backslash escapes a
-    # quote, a backslash or a space and is kept before anything else. ValueError if a quote is
-    # left open.
+    # As OpenSSH's argv_split(): spaces and tabs separate words; "double" and 'single' quotes
+    # group them; a backslash escapes a quote or a backslash anywhere, a space outside quotes, and
+    # is kept before anything else. ValueError if a quote is left open.
     words: list[tuple[str, bool]] = []
-    word: list[str] = []
-    in_word = comment = False
-    quote = ""
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == quote:
-                quote = ""
-            elif ch == "\\" and quote == '"' and text[i + 1 : i + 2] in ('"', "\\"):
+    i, end = 0, len(text)
+    while i < end:
+        if text[i] in " \t":
+            i += 1
+            continue
+        comment = text[i] == "#"
+        word: list[str] = []
+        quote = ""
+        while i < end:
+            ch, after = text[i], text[i + 1 : i + 2]
+            if ch == "\\" and (after in ("'", '"', "\\") or (after == " " and not quote)):
                 i += 1
-                word.append(text[i])
-            else:
-                word.append(ch)
-        elif ch.isspace():
-            if in_word:
-                words.append(("".join(word), comment))
-                word, in_word, comment = [], False, False
-        else:
-            if not in_word:
-                in_word, comment = True, ch == "#"
-            if ch in "\"'":
+                word.append(after)
+            elif not quote and ch in " \t":
+                break
+            elif not quote and ch in "\"'":
                 quote = ch
-            elif ch == "\\" and text[i + 1 : i + 2] in ('"', "'", "\\", " ", "\t"):
-                i += 1
-                word.append(text[i])
+            elif quote and ch == quote:
+                quote = ""
             else:
                 word.append(ch)
-        i += 1
-    if quote:
-        raise ValueError(f"unterminated {quote} quote")
-    if in_word:
+            i += 1
+        if quote:
+            raise ValueError(f"unterminated {quote} quote")
         words.append(("".join(word), comment))
     return words
 
 
 def parse_lines(text: str, path: Path) -> Iterator[Line]:
     """The keyword lines of one file's text, skipping blanks and `#` comments."""
-    for number, raw in enumerate(text.splitlines(), start=1):
-        stripped = raw.strip()
+    for number, raw in enumerate(text.split("\n"), start=1):
+        stripped = raw.rstrip(_BLANK + "\f").lstrip(_BLANK)
         if not stripped or stripped.startswith("#"):
             continue
         if "\0" in stripped:
@@ -158,11 +158,8 @@ def parse_lines(text: str, path: Path) -> Iterator[Line]:
         keyword = re.split(r"[\s=]", stripped, maxsplit=1)[0]
         if not _KEYWORD.fullmatch(keyword):
             raise located(path, number, f"expected `Keyword value`, got {stripped!r}")
-        rest = stripped[len(keyword) :].lstrip()
-        if rest.startswith("="):
-            rest = rest[1:]
         try:
-            words = split_words(rest)
+            words = split_words(_rest(stripped, keyword))
         except ValueError as err:
             raise located(path, number, f"{keyword}: {err}") from None
         for word, is_comment in words:
@@ -176,108 +173,16 @@ def parse_lines(text: str, path: Path) -> Iterator[Line]:
         yield Line(number, keyword, tuple(word for word, _ in words), stripped)
 
 
-def host_matches(patterns: tuple[str, ...], name: str) -> bool:
-    """Whether a `Host` line's patterns select `name`: any positive match and no negated one."""
-    positive = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        if _wildcard_match(pattern[1:] if negated else pattern, name):
-            if negated:
-                return False
-            positive = True
-    return positive
+def read_directives(path: Path, home: Path | None = None) -> Iterator[Directive]:
+    """Every directive of `path` in file order, with Include files read in place.
 
-
-def _wildcard_match(pattern: str, name: str) -> bool:
-    if "*" not in pattern and "?" not in pattern:
-        return pattern == name
-    return _wildcard_regex(pattern).fullmatch(name) is not None
-
-
-@functools.lru_cache(maxsize=1024)
-def _wildcard_regex(pattern: str) -> re.Pattern[str]:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(regex, flags=re.DOTALL)
-
-
-def host_text(directives: Sequence[Directive], alias: str) -> str | None:
-    """What applies to connecting to `alias`, as ssh_config text for asyncssh; or None.
-
-    asyncssh parses its whole config file for every connection, which at 50 hives costs more
-    than the key exchange. This text holds only the lines that can apply: Host blocks are decided
-    here (for `alias`, and for each jump host its ProxyJump names, each in its own section behind
-    `Match originalhost NAME`); Match blocks stay for asyncssh to evaluate; every line is copied
-    as written, so asyncssh reads each value exactly as in the file. Includes are already read in
-    (relative paths from the including file's folder, as everywhere in rbee).
-
-    None where only the whole file is faithful: CanonicalizeHostname on (asyncssh would read the
-    file again for the canonical name), a Match block inside another one (through Include), or
-    jump hosts that are not plain names or more than MAX_JUMP_HOSTS.
+    As ssh does for `ssh -F FILE`, a relative Include is read from `home`/.ssh and a leading `~`
+    is `home` (default: $HOME).
     """
-    runs: list[tuple[tuple[Block, ...], list[Directive]]] = []  # consecutive lines of one block
-    for d in directives:
-        if runs and runs[-1][0] is d.scope:
-            runs[-1][1].append(d)
-            continue
-        if sum(b.kind == "match" for b in d.scope) > 1:
-            return None
-        runs.append((d.scope, [d]))
-    lines: list[str] = []
-    names, seen = [alias], set[str]()
-    while names:
-        name = names.pop(0)
-        if name in seen:
-            continue
-        if len(seen) > MAX_JUMP_HOSTS or not _PLAIN_NAME.fullmatch(name):
-            return None
-        seen.add(name)
-        found = _section(runs, name)
-        if found is None:
-            return None
-        lines += found[0]
-        names += found[1]
-    return "\n".join(lines) + "\n"
-
-
-def _section(
-    runs: list[tuple[tuple[Block, ...], list[Directive]]], name: str
-) -> tuple[list[str], list[str]] | None:
-    """The lines that apply to `name` behind `Match originalhost`, and the jump hosts they name;
-    None if they turn CanonicalizeHostname on."""
-    guard = f"Match originalhost {name}"
-    lines, jumps = [guard], []
-    current: Block | None = None
-    for scope, run in runs:
-        if not all(host_matches(b.patterns, name) for b in scope if b.kind == "host"):
-            continue
-        match = next((b for b in scope if b.kind == "match"), None)
-        for d in run:
-            key = d.key
-            if key in ("host", "match") or key.startswith("rbee"):
-                continue  # block lines are decided here or copied below; rbee keys are rbee's
-            if key == "canonicalizehostname" and "".join(d.args[:1]).lower() not in ("no", "false"):
-                return None
-            if match is not current:  # each Match line as often as asyncssh meets it
-                lines.append(f"{guard} {match.criteria}" if match else guard)
-                current = match
-            lines.append(d.text)
-            if key == "proxyjump" and d.args and d.args[0].lower() != "none":
-                jumps += [_jump_host(hop) for hop in d.args[0].split(",")]
-    return lines, jumps
-
-
-def _jump_host(hop: str) -> str:
-    """The host of a `[user@]host[:port]` ProxyJump hop, split as asyncssh splits it."""
-    host = hop.rsplit("@", 1)[-1]
-    return host.rsplit(":", 1)[0] if ":" in host else host
-
-
-def read_directives(path: Path) -> Iterator[Directive]:
-    """Every directive of `path` in file order, with Include files read in place."""
-    # Host and Match lines are yielded too, in the scope around them; the lines after them carry
-    # their block in `scope`. As in ssh, an included file starts in the scope of its Include line,
-    # and the including file goes on in its own block afterwards.
-    yield from _read(path, (), (), None)
+    # Host and Match lines are yielded too, in the scope around them, with the block they open;
+    # the lines after them carry that block in `scope`. As in ssh, an included file starts in the
+    # scope of its Include line, and the including file goes on in its own block afterwards.
+    yield from _read(path, (), (), None, Path.home() if home is None else home)
 
 
 def _read(
@@ -285,6 +190,7 @@ def _read(
     scope: tuple[Block, ...],
     stack: tuple[Path, ...],
     origin: Directive | None,
+    home: Path,
 ) -> Iterator[Directive]:
     text = _read_text(path, origin)
     stack = (*stack, path.resolve())
@@ -295,13 +201,14 @@ def _read(
             if not line.args:
                 what = "a host pattern" if line.key == "host" else "criteria (e.g. `Match all`)"
                 raise directive.error(f"{line.keyword} needs {what}")
-            yield Directive(line.keyword, line.args, path, line.number, scope, line.text)
             kind: Literal["host", "match"] = "host" if line.key == "host" else "match"
-            here = (*scope, Block(kind, line.args, path, line.number, line.rest))
+            block = Block(kind, line.args, path, line.number)
+            yield Directive(line.keyword, line.args, path, line.number, scope, line.text, block)
+            here = (*scope, block)
         elif line.key == "include":
             if not line.args:
                 raise directive.error("Include needs a file name or pattern")
-            for included in _include_paths(directive):
+            for included in _include_paths(directive, home):
                 if included.resolve() in stack:
                     chain = " -> ".join(str(p) for p in (*stack, included.resolve()))
                     raise directive.error(f"Include loop: {chain}")
@@ -309,24 +216,34 @@ def _read(
                     raise directive.error(
                         f"Include nested more than {MAX_INCLUDE_DEPTH} levels deep"
                     )
-                yield from _read(included, here, stack, directive)
+                yield from _read(included, here, stack, directive, home)
         else:
             yield directive
 
 
-def _include_paths(directive: Directive) -> Iterator[Path]:
-    """The files one Include line names: `~` expanded, relative to the including file's folder."""
+def _include_paths(directive: Directive, home: Path) -> Iterator[Path]:
+    """The files one Include line names, as ssh finds them for a user's config: relative to
+    ~/.ssh, `~` expanded, globs in sorted order."""
     for arg in directive.args:
-        expanded = os.path.expanduser(arg)
-        if _GLOB_CHARS.isdisjoint(expanded):
-            named = directive.path.parent / expanded
+        if not arg:
+            raise directive.error("Include needs a file name or pattern, got ''")
+        if arg == "~" or arg.startswith("~/"):
+            pattern = glob.escape(str(home)) + arg[1:]
+            named = Path(str(home) + arg[1:])
+        elif arg.startswith("~"):
+            pattern = os.path.expanduser(arg)
+            named = Path(pattern)
+        elif os.path.isabs(arg):
+            pattern, named = arg, Path(arg)
+        else:
+            pattern = os.path.join(glob.escape(str(home / ".ssh")), arg)
+            named = home / ".ssh" / arg
+        if _GLOB_CHARS.isdisjoint(arg):
             if not named.exists():
                 raise directive.error(f"Include file not found: {named}")
             yield named
             continue
-        if not os.path.isabs(expanded):
-            expanded = os.path.join(glob.escape(str(directive.path.parent)), expanded)
-        for match in sorted(glob.glob(expanded)):
+        for match in sorted(glob.glob(pattern)):
             if Path(match).is_file():
                 yield Path(match)
 

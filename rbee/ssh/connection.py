@@ -1,9 +1,11 @@
 """One asyncssh connection to one hive, with host keys always verified.
 
-The connection reads the same hives.conf the operator can hand to `ssh -F` (asyncssh understands
-HostName, User, Port, IdentityFile, ProxyJump, UserKnownHostsFile, ServerAliveInterval, ...).
-asyncssh parses its whole config file for every connection (20 ms for 50 hives, each time), so
-`HiveConnection.of` hands it only that hive's lines, cut from the hives.conf rbee read once.
+The connection reaches the machine `ssh -F hives.conf ALIAS` reaches: rbee resolves each alias as
+OpenSSH does (rbee.config.sshresolve: Host and Match blocks, Include, tokens, first value wins),
+and asyncssh reads that resolution, written out for the one alias and its jump hosts
+(`HivesConfig.asyncssh_text`, in a 0600 temporary file while it connects), never the whole file:
+its own reading of Match differs from ssh's, and parsing every hive's lines for each connection
+would cost 20 ms for 50 hives.
 Commands are argv lists quoted word by word (`rbee.ssh.argv`).
 
 At most `MAX_CHANNELS` channels are open on a connection at once (sshd's MaxSessions defaults to 10
@@ -97,6 +99,23 @@ def expand_home(path: str, home: str) -> str:
     return path
 
 
+@contextlib.contextmanager
+def asyncssh_config_file(alias: str, source: Path, text: str | None) -> Iterator[Path]:
+    """A file for asyncssh to read while it connects to `alias`: `text`, rbee's resolution of
+    the alias in `source` (hives.conf; `HivesConfig.asyncssh_text`) with rbee's cipher
+    preference, written 0600 and removed after; `source` itself when there is no `text`."""
+    if text is None:
+        yield source
+        return
+    with tempfile.NamedTemporaryFile(
+        "w", prefix=f"rbee-ssh-{alias}-", suffix=".conf", encoding="utf-8"
+    ) as file:  # mode 0600, and gone when closed
+        file.write(f"# {source}: the lines for {alias}\n{text}")
+        file.write(CIPHER_PREFERENCE)
+        file.flush()
+        yield Path(file.name)
+
+
 class HiveConnection:
     """An open SSH connection to one hive; use as an async context manager."""
 
@@ -138,8 +157,8 @@ class HiveConnection:
         keepalive_interval: float = 5.0,
         keepalive_count_max: int = 3,
     ) -> HiveConnection:
-        """A connection to hive `alias` that hands asyncssh only that hive's lines of hives.conf
-        (`HivesConfig.asyncssh_text`; the whole file where only that is faithful)."""
+        """A connection to hive `alias` that hands asyncssh rbee's resolution of that alias
+        (`HivesConfig.asyncssh_text`)."""
         hive = config.get(alias)
         return cls(
             hive.alias,
@@ -175,19 +194,9 @@ class HiveConnection:
             raise connect_error(self.alias, err) from err
         return self
 
-    @contextlib.contextmanager
-    def _config_file(self) -> Iterator[Path]:
+    def _config_file(self) -> contextlib.AbstractContextManager[Path]:
         """The file asyncssh reads while it connects (jump hosts included), removed after."""
-        if self._config_text is None:
-            yield self._config
-            return
-        with tempfile.NamedTemporaryFile(
-            "w", prefix=f"rbee-ssh-{self.alias}-", suffix=".conf", encoding="utf-8"
-        ) as file:  # mode 0600, and gone when closed
-            file.write(f"# {self._config}: the lines for {self.alias}\n{self._config_text}")
-            file.write(CIPHER_PREFERENCE)
-            file.flush()
-            yield Path(file.name)
+        return asyncssh_config_file(self.alias, self._config, self._config_text)
 
     async def __aexit__(
         self,

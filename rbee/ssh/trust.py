@@ -14,7 +14,7 @@ import asyncssh
 
 from rbee.errors import SshError
 from rbee.fsutil import atomic_write_text
-from rbee.ssh.connection import connect_error
+from rbee.ssh.connection import asyncssh_config_file, connect_error
 
 __all__ = ["HostKey", "fetch_host_key", "known_hosts_line", "record_host_key"]
 
@@ -39,12 +39,21 @@ class HostKey:
 
 
 async def fetch_host_key(
-    alias: str, config_path: Path, *, host: str, port: int, limit: float = 10.0
+    alias: str,
+    config_path: Path,
+    *,
+    host: str,
+    port: int,
+    config_text: str | None = None,
+    limit: float = 10.0,
 ) -> HostKey:
-    """The host key `alias` (at host:port) offers, fetched without trusting or authenticating."""
+    """The host key `alias` (at host:port) offers, fetched without trusting or authenticating;
+    asyncssh reads `config_text` (rbee's resolution of the alias) when given, as it does when it
+    connects (rbee.ssh.connection)."""
     try:
         async with asyncio.timeout(limit):
-            key = await asyncssh.get_server_host_key(alias, config=[str(config_path)])
+            with asyncssh_config_file(alias, config_path, config_text) as config:
+                key = await asyncssh.get_server_host_key(alias, config=[str(config)])
     except (OSError, asyncssh.Error, TimeoutError) as err:
         raise connect_error(alias, err) from err
     if key is None:
