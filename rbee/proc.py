@@ -21,6 +21,7 @@ from pathlib import Path
 
 __all__ = [
     "arm_parent_death_signal",
+    "lower_session_priority",
     "pid_alive",
     "set_process_name",
     "stop_process_group",
@@ -50,6 +51,26 @@ def set_process_name(name: str) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def lower_session_priority(increment: int) -> None:
+    """Lower the CPU weight of this process's whole session against other sessions (Linux).
+
+    With autogroup scheduling (the default of desktop and server kernels), the kernel shares the
+    CPU between sessions first and between a session's threads second, so a thread's own nice
+    value only ranks it inside its session. A worker is a session of its own: this is the one
+    knob that makes the queen, the hive and the user's shell win the CPU back from its compute
+    threads the moment they wake. It is best effort: no autogroup, no change.
+    """
+    if not increment or not sys.platform.startswith("linux"):
+        return
+    autogroup = Path("/proc/self/autogroup")
+    try:
+        # "/autogroup-123 nice 0": a session may raise its own nice value, never lower it.
+        current = int(autogroup.read_text().split()[-1])
+        autogroup.write_text(str(min(19, current + increment)))
+    except (OSError, ValueError, IndexError) as err:
+        log.debug("session priority left as it is: %s", err)
 
 
 def watch_lifeline(fd: int, on_eof: Callable[[], None]) -> Callable[[], None]:

@@ -23,6 +23,7 @@ import openai
 import pytest
 
 from rbee.api.client import QueenClient
+from rbee.worker.daemon import SESSION_NICENESS
 from rbee.worker.warmup import CRASH_ENV
 from tests import http
 from tests.conftest import (
@@ -207,6 +208,18 @@ def test_stops_stick_and_local_workers_come_back_after_a_queen_restart(
         time.sleep(2)  # the reconciler has looked again: still only the one that was kept
         assert [w["id"] for w in queen.workers()] == [f"{MODEL}-2"]
         assert len(worker_pids(paths)) == 1
+        if AUTOGROUP:  # the worker's session weighs less than the queen's on a busy CPU
+            assert [session_nice(pid) for pid in worker_pids(paths)] == [SESSION_NICENESS]
+            assert session_nice(queen.proc.pid) == session_nice(os.getpid())
+
+
+AUTOGROUP = Path("/proc/self/autogroup").exists()
+"""The kernel schedules by session (autogroup): a worker lowers its session's weight."""
+
+
+def session_nice(pid: int) -> int:
+    """The nice value of a process's session (its autogroup: "/autogroup-12 nice 0")."""
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
 
 
 def test_a_cancelled_spawn_leaves_nothing_behind(tmp_path: Path, model_cache: Path) -> None:

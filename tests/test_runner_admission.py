@@ -91,6 +91,8 @@ async def test_admits_one_running_and_max_queued_then_refuses(engine: GatedEngin
             generation.close()
         assert [t[0] for t in engine.seen] == [1, 2, 3]
         assert runner.stats.mean_service_s > 0
+        assert runner.stats.served == len(engine.seen)
+        assert runner.stats.service_s >= runner.stats.mean_service_s
         # Room again.
         again = runner.submit(prompt(3, 5))
         engine.go.set()

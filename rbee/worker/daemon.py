@@ -29,7 +29,12 @@ from rbee.facts import local_facts
 from rbee.models.store import ModelStore
 from rbee.net import bind_tcp, run_event_loop, uvicorn_server
 from rbee.placement import model_formats, place
-from rbee.proc import arm_parent_death_signal, set_process_name, watch_lifeline
+from rbee.proc import (
+    arm_parent_death_signal,
+    lower_session_priority,
+    set_process_name,
+    watch_lifeline,
+)
 from rbee.worker.app import create_app
 from rbee.worker.runner import Admission, EngineRunner
 from rbee.worker.warmup import warm_up
@@ -41,6 +46,10 @@ log = logging.getLogger(__name__)
 
 WORKER_NAME = "rbee-worker"
 """The process name (`comm`) of every worker, for `top` and `ps -o comm`."""
+SESSION_NICENESS = 5
+"""How much lower a worker's session weighs against the queen's, the hive's and the user's on a
+busy CPU (rbee.proc.lower_session_priority): rejections and relayed tokens come sooner. Measured
+in docs/benchmarks.md ("Overload")."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,7 @@ def run_worker(paths: Paths, options: WorkerOptions, timeouts: Timeouts = Timeou
     if options.parent_pid is not None:
         arm_parent_death_signal(options.parent_pid)
     set_process_name(WORKER_NAME)
+    lower_session_priority(SESSION_NICENESS)
     engine = build_engine(paths, options)
     sock = bind_tcp(options.host, options.port)
     try:

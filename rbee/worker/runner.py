@@ -89,6 +89,10 @@ class RunnerStats:
     cancelled: int = 0
     mean_service_s: float = 0.0
     """Moving average of a request's time on the engine (its queueing excluded)."""
+    served: int = 0
+    """Requests the engine finished (however they ended)."""
+    service_s: float = 0.0
+    """Their time on the engine, in all: the mean over any span is Δservice_s / Δserved."""
     last_finish: dict[str, object] = field(default_factory=dict)
 
 
@@ -377,6 +381,8 @@ class EngineRunner:
                     self.stats.active -= 1
                     mean = self.stats.mean_service_s
                     self.stats.mean_service_s = took if not mean else 0.8 * mean + 0.2 * took
+                    self.stats.served += 1
+                    self.stats.service_s += took
 
     def _run_embed(self, job: _EmbedJob) -> None:
         def settle(result: Embeddings | None, error: BaseException | None) -> None:
