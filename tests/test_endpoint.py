@@ -181,6 +181,18 @@ def test_stop_sequence_cuts_the_answer(client: openai.OpenAI) -> None:
     )
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].text == free[: free.index("6")]
+    # Which stop ended it, as vLLM says it (`stop_reason`), whole and streamed.
+    assert (cut.choices[0].model_extra or {}).get("stop_reason") == "6"
+    stream = client.completions.create(
+        model=MODEL, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, seed=7,
+        stop=["zz", "6"], stream=True,
+    )  # fmt: skip
+    last = [c.choices[0] for c in stream if c.choices][-1]
+    assert (last.finish_reason, (last.model_extra or {}).get("stop_reason")) == ("stop", "6")
+    assert "stop_reason" not in (
+        client.completions.create(model=MODEL, prompt="1, 2,", max_tokens=3).choices[0].model_extra
+        or {}
+    )
 
 
 async def test_async_client_stream_and_whole(aclient: openai.AsyncOpenAI) -> None:

@@ -6,16 +6,19 @@ while a model loads, and the API key as Anthropic's clients send it."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anthropic
 import openai
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from tests import http
 from tests.conftest import MODEL, RunningQueen, make_paths, rbee, running_queen, wait_until
+from tests.schemas import PROMPT, Person
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +27,8 @@ MESSAGES: list[anthropic.types.MessageParam] = [{"role": "user", "content": QUES
 GREEDY: dict[str, Any] = {"extra_body": {"temperature": 0}}
 """Temperature 0 for the `anthropic` client, whose methods no longer take `temperature` (the API
 still does, and older clients send it)."""
+BAD_SCHEMA = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
+"""A tool schema rbee cannot enforce: refused by the chat parser, named as each API names it."""
 
 
 @pytest.fixture
@@ -144,8 +149,13 @@ def test_the_stream_helper_gives_the_final_response(oai: openai.OpenAI) -> None:
     [
         ({"store": True}, "store"),
         ({"previous_response_id": "resp_123"}, "previous_response_id"),
-        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": BAD_SCHEMA}]},
+         "tools[0].parameters.properties.tags.uniqueItems"),
+        ({"input": [{"type": "function_call_output", "call_id": "call_1", "output": "21 C"}]},
+         "input[0].call_id"),
+        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": BAD_SCHEMA}}},
+         "text.format.schema.properties.tags.uniqueItems"),
         ({"max_output_tokens": 100_000}, "max_output_tokens"),
         ({"temperature": 5}, "temperature"),
     ],
@@ -155,11 +165,107 @@ def test_refused_responses_are_bad_requests_naming_the_field_before_any_worker(
 ) -> None:
     before = worker_requests(queen)
     with pytest.raises(openai.BadRequestError) as caught:
-        oai.responses.create(model=MODEL, input="Hi", **extra)
+        oai.responses.create(**{"model": MODEL, "input": "Hi", **extra})
     body = caught.value.body
     assert isinstance(body, dict)
     assert body["param"] == param
     assert worker_requests(queen) == before
+
+
+# -- function tools through the Responses API ------------------------------------------------
+
+
+class Weather(BaseModel):
+    """The weather tool's arguments: bounded, so a call always ends well within max tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    city: str = Field(min_length=1, max_length=20)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+ASK = "What is the weather in Paris?"
+FUNCTION: dict[str, Any] = {
+    "type": "function", "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": Weather.model_json_schema(), "strict": True,
+}  # fmt: skip
+"""The weather tool in the Responses shape."""
+FORCED: dict[str, Any] = {
+    "model": MODEL, "input": ASK, "tools": [FUNCTION], "tool_choice": "required",
+    "parallel_tool_calls": False, "max_output_tokens": 80, "temperature": 0,
+}  # fmt: skip
+"""A Responses request that must call the weather tool once, greedily."""
+
+
+def test_a_response_calls_a_function_with_valid_arguments(oai: openai.OpenAI) -> None:
+    got = oai.responses.create(**FORCED)
+    assert got.status == "completed"
+    (call,) = got.output
+    assert call.type == "function_call"
+    assert (call.name, call.status) == ("get_weather", "completed")
+    assert call.id is not None
+    assert call.id.startswith("fc_")
+    assert call.call_id.startswith("call_")
+    Weather.model_validate_json(call.arguments)
+    assert [t.type == "function" and t.name for t in got.tools] == ["get_weather"]
+    assert (got.tool_choice, got.parallel_tool_calls) == ("required", False)
+
+
+def test_the_stream_helper_assembles_a_function_call(oai: openai.OpenAI) -> None:
+    whole = oai.responses.create(**FORCED)
+    with oai.responses.stream(**FORCED) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert len(deltas) > 1  # the arguments come as they are generated
+    (call,) = final.output
+    assert call.type == "function_call"
+    assert call.arguments == "".join(deltas)
+    assert call.parsed_arguments == json.loads(call.arguments)  # the helper read a strict tool's
+    Weather.model_validate_json(call.arguments)
+    (same,) = whole.output
+    assert same.type == "function_call"
+    assert same.arguments == call.arguments  # greedy: the same call, whole or streamed
+    kinds = [e.type for e in events]
+    assert kinds[kinds.index("response.output_item.added") :] == [
+        "response.output_item.added", *["response.function_call_arguments.delta"] * len(deltas),
+        "response.function_call_arguments.done", "response.output_item.done",
+        "response.completed",
+    ]  # fmt: skip
+
+
+def test_a_function_output_sent_back_gets_a_text_answer(oai: openai.OpenAI) -> None:
+    first = oai.responses.create(**FORCED)
+    (call,) = first.output
+    assert call.type == "function_call"
+    output = {"type": "function_call_output", "call_id": call.call_id,
+              "output": '{"temperature": 21, "sky": "clear"}'}  # fmt: skip
+    then = oai.responses.create(
+        model=MODEL, input=[{"role": "user", "content": ASK}, call.to_dict(), output],
+        tools=[FUNCTION], tool_choice="none", max_output_tokens=30, temperature=0,
+    )  # fmt: skip
+    assert [item.type for item in then.output] == ["message"]
+    assert then.output_text
+    assert then.status in {"completed", "incomplete"}
+
+
+def test_a_response_with_a_schema_parses(oai: openai.OpenAI) -> None:
+    # The SDK sends text.format json_schema (strict) and parses output_text into the model.
+    got = oai.responses.parse(
+        model=MODEL, input=PROMPT, text_format=Person, max_output_tokens=400, temperature=0.7
+    )
+    assert got.status == "completed"
+    assert isinstance(got.output_parsed, Person)
+    assert Person.model_validate_json(got.output_text, strict=True) == got.output_parsed
+    assert got.text.format is not None
+    assert got.text.format.type == "json_schema"
+    with oai.responses.stream(
+        model=MODEL, input=PROMPT, text_format=Person, max_output_tokens=400, temperature=0.7
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert len(deltas) > 5
+    assert isinstance(final.output_parsed, Person)
 
 
 def test_a_response_for_an_unknown_model_is_not_found(oai: openai.OpenAI) -> None:
@@ -210,6 +316,27 @@ def test_a_system_prompt_and_turns_are_counted_as_generation_sees_them(
     # count is of the prompt the template makes, not of the words sent.
     plain = claude.messages.count_tokens(model=MODEL, messages=messages)
     assert plain.input_tokens != counted.input_tokens
+
+
+def test_a_stop_sequence_that_ends_a_message_is_named(claude: anthropic.Anthropic) -> None:
+    free = claude.messages.create(model=MODEL, max_tokens=30, messages=MESSAGES, **GREEDY)
+    text = "".join(b.text for b in free.content if b.type == "text")
+    words = text.split()
+    assert len(words) > 3, text
+    stop = words[2]  # greedy: the same answer again, cut where its third word begins
+    cut = claude.messages.create(
+        model=MODEL, max_tokens=30, messages=MESSAGES, stop_sequences=["zzqx", stop], **GREEDY
+    )
+    assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", stop)
+    assert "".join(b.text for b in cut.content if b.type == "text") == text[: text.index(stop)]
+    with claude.messages.stream(
+        model=MODEL, max_tokens=30, messages=MESSAGES, stop_sequences=[stop], **GREEDY
+    ) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", stop)
+    # Without a stop sequence in the way, the answer ends its turn or runs out of tokens.
+    assert free.stop_reason in ("end_turn", "max_tokens")
+    assert free.stop_sequence is None
 
 
 def test_a_streamed_message_sends_anthropics_events_in_order(
@@ -263,7 +390,11 @@ def test_the_stream_helper_gives_the_final_message(claude: anthropic.Anthropic) 
             {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
             "output_config.format",
         ),
-        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0.type"),
+        ({"tools": [{"name": "f", "input_schema": BAD_SCHEMA}]},
+         "tools.0.input_schema.properties.tags.uniqueItems"),
+        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}],
+          "tool_choice": {"type": "tool", "name": "g"}}, "tool_choice.name"),
         (
             {"messages": [{"role": "user", "content": [
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png",
@@ -286,6 +417,78 @@ def test_refused_messages_are_anthropic_bad_requests_naming_the_field_before_any
     assert body["error"]["type"] == "invalid_request_error"
     assert field in body["error"]["message"]
     assert worker_requests(queen) == before
+
+
+# -- custom tools through Anthropic's Messages API -------------------------------------------
+
+TOOL: dict[str, Any] = {"name": "get_weather", "description": "The current weather in a city.",
+                        "input_schema": Weather.model_json_schema()}  # fmt: skip
+"""The weather tool in Anthropic's shape."""
+ASKED: list[anthropic.types.MessageParam] = [{"role": "user", "content": ASK}]
+ANY: dict[str, Any] = {
+    "model": MODEL, "max_tokens": 80, "messages": ASKED, "tools": [TOOL],
+    "tool_choice": {"type": "any", "disable_parallel_tool_use": True}, **GREEDY,
+}  # fmt: skip
+"""A message that must use the weather tool once, greedily."""
+
+
+def test_a_message_uses_a_tool_with_valid_input(claude: anthropic.Anthropic) -> None:
+    got = claude.messages.create(**ANY)
+    assert got.stop_reason == "tool_use"
+    (block,) = got.content
+    assert block.type == "tool_use"
+    assert block.id.startswith("toolu_")
+    assert block.name == "get_weather"
+    assert isinstance(block.input, dict)
+    Weather.model_validate(block.input)
+    # The tools are in the prompt: counted as generation saw them.
+    counted = claude.messages.count_tokens(
+        model=MODEL, messages=ASKED, tools=[TOOL], tool_choice=ANY["tool_choice"]
+    )
+    assert counted.input_tokens == got.usage.input_tokens
+    plain = claude.messages.count_tokens(model=MODEL, messages=ASKED)
+    assert plain.input_tokens < counted.input_tokens
+
+
+def test_the_stream_helper_assembles_a_tool_use(claude: anthropic.Anthropic) -> None:
+    whole = claude.messages.create(**ANY)
+    with claude.messages.stream(**ANY) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    pieces = [
+        e.delta.partial_json
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "input_json_delta"
+    ]
+    assert len(pieces) > 1  # the input comes as it is generated
+    assert final.stop_reason == "tool_use"
+    (block,) = final.content
+    assert block.type == "tool_use"
+    assert block.input == json.loads("".join(pieces))
+    Weather.model_validate(block.input)
+    (same,) = whole.content
+    assert same.type == "tool_use"
+    assert same.input == block.input  # greedy: the same call, whole or streamed
+    assert final.usage.output_tokens == whole.usage.output_tokens
+
+
+def test_a_tool_result_sent_back_gets_a_text_answer(claude: anthropic.Anthropic) -> None:
+    first = claude.messages.create(**ANY)
+    (use,) = first.content
+    assert use.type == "tool_use"
+    messages: list[anthropic.types.MessageParam] = [
+        *ASKED,
+        {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": use.id, "content": "21 C and clear"}]},
+    ]  # fmt: skip
+    then = claude.messages.create(model=MODEL, max_tokens=30, messages=messages, tools=[TOOL],
+                                  tool_choice={"type": "none"}, **GREEDY)  # fmt: skip
+    assert [b.type for b in then.content] == ["text"]
+    assert then.stop_reason in {"end_turn", "max_tokens"}
+    counted = claude.messages.count_tokens(model=MODEL, messages=messages, tools=[TOOL],
+                                           tool_choice={"type": "none"})  # fmt: skip
+    assert counted.input_tokens == then.usage.input_tokens
 
 
 def test_an_unknown_model_is_anthropics_not_found(claude: anthropic.Anthropic) -> None:

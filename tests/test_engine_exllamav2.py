@@ -33,6 +33,7 @@ from rbee.api.openai import (
     SamplingParams,
     parse_chat_request,
 )
+from rbee.api.tools import split_calls
 from rbee.engines.base import Finish, Prepared
 from rbee.engines.exllamav2 import (
     ExLlamaV2Engine,
@@ -784,7 +785,7 @@ def test_stop_strings_cut_the_text(lib: Library, folder: Path) -> None:
     engine = loaded(folder)
     pieces, finish = run(engine, engine.prepare(completion("Hi", stop=("o th",))))
     assert "".join(pieces) == "Hell"
-    assert finish == Finish(reason="stop", prompt_tokens=3, completion_tokens=3)
+    assert finish == Finish("stop", prompt_tokens=3, completion_tokens=3, stop_sequence="o th")
     assert lib.cancelled == lib.jobs  # the job's cache pages are freed at once
 
 
@@ -918,9 +919,35 @@ def test_a_model_without_tokenizer_json_refuses_response_format(lib: Library, fo
     engine = loaded(folder)
     with pytest.raises(ApiError) as caught:
         engine.prepare(structured())
-    assert (caught.value.status, caught.value.param) == (400, "response_format")
+    assert (caught.value.status, caught.value.param) == (400, "response_format.json_schema")
+    assert "tokenizer.json" in caught.value.message
+    with pytest.raises(ApiError) as caught:
+        engine.prepare(with_tools(tool_choice="required"))
+    assert (caught.value.status, caught.value.param) == (400, "tools")
     assert "tokenizer.json" in caught.value.message
     assert engine.prepare(completion("Hi")).grammar is None
+
+
+CLOCK = {"type": "function", "function": {"name": "clock"}}
+
+
+def with_tools(**fields: Any) -> ChatRequest:
+    return parse_chat_request({
+        "model": "m", "messages": [{"role": "user", "content": "Time?"}], "tools": [CLOCK],
+        **fields,
+    })  # fmt: skip
+
+
+def test_a_required_call_is_held_to_the_call_grammar(lib: Library, tokenized: Path) -> None:
+    engine = loaded(tokenized)
+    # The model would rather chat: the grammar makes the answer a call, and ends it there.
+    lib.script = script("Sure, it is noon.")
+    prepared = engine.prepare(with_tools(tool_choice="required", parallel_tool_calls=False))
+    pieces, finish = run(engine, prepared)
+    content, calls = split_calls("".join(pieces))
+    assert content == ""
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [("clock", "{}")]
+    assert finish.reason == "stop"
 
 
 def test_job_arguments_carry_the_filters() -> None:

@@ -154,7 +154,8 @@ def test_logprobs_follow_the_text_through_a_stop_string(engine: LlamaCppEngine) 
     assert all(e.top == () for e in all_entries)  # top_logprobs left out: no alternatives
     assert "4" in free, free
     cut, entries, finish = ask(stop=["4"])
-    assert (cut, finish.reason) == (free[: free.index("4")], "stop")
+    assert (cut, finish.reason, finish.stop_sequence) == (free[: free.index("4")], "stop", "4")
+    assert ask()[2].stop_sequence is None
     # One logprob per generated token, the one that reached the stop string included.
     assert len(entries) == finish.completion_tokens
     assert entries == all_entries[: len(entries)]

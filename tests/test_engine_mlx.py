@@ -326,7 +326,7 @@ def test_stop_strings_cut_the_text(engine: MlxEngine) -> None:
     assert len(stop) == 3, full
     pieces, finish = run(engine, complete(prompt, temperature=0, max_tokens=10, stop=(stop, "@@")))
     assert "".join(pieces) == full[: full.index(stop)]
-    assert finish.reason == "stop"
+    assert (finish.reason, finish.stop_sequence) == ("stop", stop)
 
 
 @needs_mlx

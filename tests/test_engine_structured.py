@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from rbee.api.openai import ChatRequest, parse_chat_request
+from rbee.api.tools import split_calls
 from rbee.engines.base import Finish
 from rbee.engines.llamacpp import LlamaCppEngine
 from rbee.engines.mlx import MlxEngine
@@ -137,3 +138,70 @@ async def test_every_choice_follows_the_schema(gguf: Path) -> None:
                 texts[index].append(str(item))
     people = [Person.model_validate_json("".join(texts[i]), strict=True) for i in (0, 1)]
     assert people[0] != people[1]  # each choice samples with its own seed
+
+
+# ---- tool calls ------------------------------------------------------------------------------
+
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 20},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+PARIS = {"city": "Paris", "unit": "celsius"}
+
+
+def ask_tools(messages: list[dict[str, Any]] | None = None, **fields: Any) -> ChatRequest:
+    return parse_chat_request({
+        "model": MODEL, "max_tokens": 120, "tools": [WEATHER_TOOL],
+        "messages": messages or [{"role": "user", "content": "What is the weather in Paris?"}],
+        **fields,
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize(("temperature", "seed"), [(0.0, None), (1.0, 4)])
+def test_a_required_call_is_a_valid_call(engine: Any, temperature: float, seed: int | None) -> None:
+    request = ask_tools(
+        tool_choice="required", parallel_tool_calls=False, temperature=temperature, seed=seed
+    )
+    text, finish = answer(engine, request)
+    content, calls = split_calls(text)
+    assert finish.reason == "stop", text  # the grammar ended it after the one call
+    assert content == ""
+    assert len(calls) == 1
+    assert calls[0]["function"]["name"] == "get_weather"
+    arguments = json.loads(calls[0]["function"]["arguments"])
+    assert set(arguments) == {"city", "unit"}
+    assert arguments["unit"] in ("celsius", "fahrenheit")
+    assert isinstance(arguments["city"], str)
+    assert len(arguments["city"]) <= 20
+
+
+def test_the_history_of_calls_renders_and_the_answer_uses_it(engine: Any) -> None:
+    history = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps(PARIS)},
+        }]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 18 degrees."},
+    ]  # fmt: skip
+    request = ask_tools(history, tool_choice="none", temperature=0, max_tokens=40)
+    prepared = engine.prepare(request)
+    without = engine.prepare(ask_tools(history[:1], tool_choice="none"))
+    assert len(prepared.tokens) > len(without.tokens) + 20  # the call and its result are in it
+    text, finish = answer(engine, request)
+    assert text.strip()
+    assert "<tool_call>" not in text or finish.reason == "length"

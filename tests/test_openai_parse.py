@@ -64,7 +64,7 @@ def test_logit_bias_is_carried_sorted_by_token_id() -> None:
 def test_tool_choice_is_left_to_the_tools_check_when_tools_are_given() -> None:
     with pytest.raises(ApiError) as caught:
         parse_chat_request({**BASE, "tools": [{"type": "function"}], "tool_choice": "auto"})
-    assert caught.value.param == "tools"
+    assert caught.value.param == "tools[0].function"
 
 
 def test_max_completion_tokens_is_accepted() -> None:
@@ -95,7 +95,7 @@ def test_max_completion_tokens_is_accepted() -> None:
         ({"n": 9}, "n", "between 1 and 8"),
         ({"n": 0}, "n", "between 1 and 8"),
         ({"n": "2"}, "n", "must be an integer"),
-        ({"tools": [{"type": "function"}]}, "tools", "not supported"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function", "must be an object"),
         ({"tool_choice": "auto"}, "tool_choice", "only allowed when tools are specified"),
         ({"tool_choice": "none", "tools": []}, "tool_choice", "only allowed when tools"),
         ({"logit_bias": [1, 2]}, "logit_bias", "must be an object"),

@@ -7,11 +7,13 @@ the model reaches each hive by upload from the queen's store, as it would on a f
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -62,6 +64,35 @@ def cli(queen: RunningQueen, *args: str) -> str:
     return result.stdout
 
 
+CLOCK: Any = {"type": "function", "function": {"name": "clock", "description": "The time now"}}
+
+
+def remote_tool_call(client: openai.OpenAI, stream: bool) -> dict[str, str]:
+    """One required call through the queen: the hive that answered, the call's name and
+    arguments (assembled from the stream's deltas when `stream`)."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "What time is it?"}],
+        tools=[CLOCK], tool_choice="required", parallel_tool_calls=False, max_tokens=40,
+        stream=stream,
+    )  # fmt: skip
+    answer = raw.parse()
+    found = {"hive": raw.headers["x-rbee-hive"], "name": "", "arguments": ""}
+    if isinstance(answer, openai.Stream):
+        finish = None
+        for chunk in answer:
+            for choice in chunk.choices:
+                finish = choice.finish_reason or finish
+                for delta in choice.delta.tool_calls or []:
+                    found["name"] += (delta.function and delta.function.name) or ""
+                    found["arguments"] += (delta.function and delta.function.arguments) or ""
+        assert finish == "tool_calls"
+        return found
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = (choice.message.tool_calls or [])[0]
+    return {**found, "name": call.function.name, "arguments": call.function.arguments}
+
+
 def start_both(queen: RunningQueen) -> None:
     for alias in ("hive1", "hive2"):
         assert f"hive {alias} running" in cli(queen, "hive", "start", alias)
@@ -105,6 +136,13 @@ def test_chat_lands_on_both_hives_and_sigkill_of_the_queen_leaves_nothing(
         assert all(w.endswith(f"@{h}") for h, w in traced), traced
     served = {str(w["hive"]): int(str(w["dispatched"])) for w in fleet.workers()}
     assert served == {"hive1": 2, "hive2": 2}, served
+    # Tool calls come back from remote workers whole and streamed, in OpenAI's shape.
+    with openai.OpenAI(base_url=fleet.base_url, api_key="x", max_retries=0) as client:
+        for stream in (False, True):
+            call = remote_tool_call(client, stream)
+            assert call["hive"] in ("hive1", "hive2")
+            assert call["name"] == "clock"
+            assert json.loads(call["arguments"]) == {}
     assert all(rbee_pids_in(h) for h in two_hives)
     fleet.proc.send_signal(signal.SIGKILL)
     fleet.proc.wait(10)

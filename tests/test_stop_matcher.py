@@ -39,6 +39,26 @@ def test_stop_matcher(
     assert run(stops, pieces) == expected
 
 
+@pytest.mark.parametrize(
+    ("stops", "pieces", "matched"),
+    [
+        (("END",), ["hello ", "world"], None),
+        (("END",), ["hello E", "ND more"], "END"),
+        (("\n\n", "###"), ["a#", "#", "#b\n\n"], "###"),  # the earliest in the text
+        (("b", "ab"), ["xab"], "ab"),
+        (("ab", "a"), ["xab"], "ab"),  # two starting at one place: the one listed first
+    ],
+)
+def test_the_matcher_says_which_stop_it_cut_at(
+    stops: tuple[str, ...], pieces: list[str], matched: str | None
+) -> None:
+    matcher = StopMatcher(stops)
+    for piece in pieces:
+        if matcher.feed(piece)[1]:
+            break
+    assert matcher.matched == matched
+
+
 def test_held_text_is_released_once_it_cannot_start_a_stop() -> None:
     matcher = StopMatcher(("END",))
     assert matcher.feed("aE") == ("a", False)

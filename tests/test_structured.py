@@ -22,7 +22,7 @@ from rbee.api.structured import (
     ResponseFormat,
     json_schema_format,
 )
-from rbee.engines.grammar import Constraint, compile_grammar, tokenizer_from_json
+from rbee.engines.grammar import Constraint, Grammar, compile_grammar, tokenizer_from_json
 from rbee.errors import ApiError, EngineError
 from tests.bytetok import FIRST_BYTE, byte_tokens, tokenizer_json
 
@@ -320,8 +320,12 @@ def tokenizer() -> Any:
     return tokenizer_from_json(tokenizer_json(), n_vocab=N_VOCAB, eos=EOS)
 
 
+def bind(tokenizer: Any, fmt: ResponseFormat) -> Grammar:
+    return compile_grammar(tokenizer, fmt.grammar, what=fmt.type, param="response_format")
+
+
 def start(tokenizer: Any, fmt: ResponseFormat) -> Constraint:
-    return compile_grammar(tokenizer, fmt).start()
+    return bind(tokenizer, fmt).start()
 
 
 def allowed_ids(constraint: Constraint, size: int = N_VOCAB) -> list[int]:
@@ -377,7 +381,7 @@ def test_a_token_the_grammar_forbids_is_an_engine_error(tokenizer: Any) -> None:
 
 
 def test_each_start_is_independent(tokenizer: Any) -> None:
-    grammar = compile_grammar(tokenizer, person_format())
+    grammar = bind(tokenizer, person_format())
     first = grammar.start()
     first.feed(byte_tokens("{")[0])
     assert allowed_ids(grammar.start()) == byte_tokens("{")

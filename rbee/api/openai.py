@@ -3,21 +3,25 @@
 Parsing is pure: a dict in, a request or an ApiError (HTTP 4xx with OpenAI's error body, naming the
 field) out. The queen and the worker both parse every request, so a bad one never reaches an engine.
 Unknown fields are ignored, as OpenAI's own API does for most of them; fields whose meaning rbee
-cannot honour (tools, non-text content) are refused rather than silently dropped.
-`response_format` (chat only) is parsed and its schema checked by rbee.api.structured.
+cannot honour (non-text content, `echo`, `best_of`) are refused rather than silently dropped.
+`response_format` (chat only) is parsed and its schema checked by rbee.api.structured; `tools`,
+`tool_choice` and the history's calls by rbee.api.tools.
 `logit_bias` is checked here for its shape; its token ids are checked against the model's
 vocabulary by the engine, which alone knows it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from rbee.api.structured import ResponseFormat, parse_response_format
+from rbee.api.tools import ToolCall, ToolSpec, parse_tool_calls, parse_tools
 from rbee.errors import ApiError
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "parse_chat_request",
     "parse_completion_request",
     "parse_embedding_request",
+    "parse_off_loop",
 ]
 
 MAX_STOP_SEQUENCES = 4
@@ -53,7 +58,7 @@ MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5
 """Alternatives per token a legacy completion may ask for (`logprobs`, OpenAI's own limit)."""
 _MAX_TOKEN_ID = 2**31 - 1
-_ROLES = frozenset({"system", "developer", "user", "assistant"})
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _MAX_SEED = 2**63 - 1
 
 
@@ -103,6 +108,10 @@ class ChatMessage:
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The calls an assistant message made."""
+    tool_call_id: str | None = None
+    """The call a `tool` message answers."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,13 @@ class ChatRequest:
     kind: Literal["chat"] = "chat"
     response_format: ResponseFormat | None = None
     """The answer's required shape (json_object, json_schema); None for free text."""
+    tools: ToolSpec | None = None
+    """The functions the model may call, and how (rbee.api.tools)."""
+
+    @property
+    def calls_tools(self) -> bool:
+        """True when the answer may hold tool calls (and is parsed for them)."""
+        return self.tools is not None and self.tools.calls
 
 
 @dataclass(frozen=True)
@@ -212,11 +228,6 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
-    for key in ("tools", "functions"):
-        if body.get(key):
-            raise _bad(key, f"{key} are not supported yet", "unsupported_parameter")
-    if body.get("tool_choice") is not None and not body.get("tools"):
-        raise _bad("tool_choice", "tool_choice is only allowed when tools are specified")
     if body.get("echo") not in (None, False):
         raise _bad("echo", "echo is not supported yet", "unsupported_parameter")
     if body.get("suffix") not in (None, ""):
@@ -344,10 +355,25 @@ def _messages(body: dict[str, Any]) -> tuple[ChatMessage, ...]:
                 f"messages[{i}].role",
                 f"role must be one of {', '.join(sorted(_ROLES))}, got {role!r}",
             )
+        calls = parse_tool_calls(i, message.get("tool_calls")) if role == "assistant" else ()
+        if role != "assistant" and message.get("tool_calls") is not None:
+            raise _bad(f"messages[{i}].tool_calls", "only assistant messages may carry tool_calls")
+        call_id = None
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise _bad(
+                    f"messages[{i}].tool_call_id",
+                    "a tool message needs the tool_call_id of the call it answers",
+                    "missing_required_parameter" if call_id is None else "invalid_type",
+                )
+        content = message.get("content")
         out.append(
             ChatMessage(
                 role="system" if role == "developer" else role,
-                content=_content(i, message.get("content")),
+                content=_content(i, content),
+                tool_calls=calls,
+                tool_call_id=call_id,
             )
         )
     return tuple(out)
@@ -359,18 +385,35 @@ def _require_object(body: Any) -> dict[str, Any]:
     return body
 
 
+_Parsed = TypeVar("_Parsed")
+
+
+async def parse_off_loop(parse: Callable[[Any], _Parsed], body: Any) -> _Parsed:
+    """`parse(body)`, on a thread when the body carries a schema or tools: compiling their grammar
+    takes the compiler up to tens of milliseconds, which the event loop must not wait out (every
+    stream it relays would stall). Other bodies parse in microseconds, on the loop."""
+    if isinstance(body, dict) and (body.get("response_format") or body.get("tools")):
+        return await asyncio.to_thread(parse, body)
+    return parse(body)
+
+
 def parse_chat_request(body: Any) -> ChatRequest:
     """Parse the JSON body of a chat completion request."""
     body = _require_object(body)
     _refuse_unsupported(body)
     stream = _boolean(body, "stream")
+    model = _model(body)
+    messages = _messages(body)
+    sampling = _sampling(body, _chat_logprobs(body))
+    answer = parse_response_format(body)
     return ChatRequest(
-        model=_model(body),
-        messages=_messages(body),
-        sampling=_sampling(body, _chat_logprobs(body)),
+        model=model,
+        messages=messages,
+        sampling=sampling,
         stream=stream,
         include_usage=_stream_options(body, stream),
-        response_format=parse_response_format(body),
+        response_format=answer,
+        tools=parse_tools(body, answer),
     )
 
 
@@ -378,6 +421,14 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     """Parse the JSON body of a (legacy) text completion request."""
     body = _require_object(body)
     _refuse_unsupported(body)
+    for key in ("tools", "tool_choice", "functions"):
+        if body.get(key) is not None:
+            raise _bad(
+                key,
+                f"{key} is not a field of /v1/completions; tools are called through "
+                "/v1/chat/completions",
+                "unsupported_parameter",
+            )
     fmt = body.get("response_format")
     if fmt is not None and fmt != {"type": "text"}:
         # Not a field of OpenAI's legacy completions: structured answers are a chat feature.

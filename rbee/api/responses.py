@@ -33,6 +33,10 @@ class Choice:
     finish_reason: str
     logprobs: dict[str, Any] | None = None
     """Its `logprobs` object (rbee.api.logprobs), when the request asked for them."""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """The calls it made, in chat's shape (rbee.api.tools.split_calls)."""
+    stop_sequence: str | None = None
+    """The stop sequence that ended it, if one did (see `chunk`)."""
 
 
 def new_id(kind: Shape) -> str:
@@ -60,10 +64,16 @@ def chunk(
     role: bool = False,
     finish_reason: str | None = None,
     logprobs: dict[str, Any] | None = None,
+    tool_call: dict[str, Any] | None = None,
+    stop_sequence: str | None = None,
     include_usage: bool = False,
 ) -> dict[str, Any]:
     """One streamed chunk with one choice, choice `index`, carrying `text` and its `logprobs`
-    object (or the role, or the finish reason)."""
+    object (or the role, or a `tool_calls` delta of one call, or the finish reason).
+
+    A choice that a stop sequence ended says which in `stop_reason` next to its
+    `finish_reason: "stop"`, as vLLM's server does (OpenAI's own API does not say; its clients
+    ignore the field): Anthropic's `stop_sequence` is read from it."""
     choice: dict[str, Any]
     if kind == "chat":
         delta: dict[str, Any] = {}
@@ -72,6 +82,8 @@ def chunk(
             delta["content"] = ""
         if text is not None:
             delta["content"] = text
+        if tool_call is not None:
+            delta["tool_calls"] = [tool_call]
         choice = {
             "index": index,
             "delta": delta,
@@ -87,6 +99,8 @@ def chunk(
             "finish_reason": finish_reason,
         }
         obj = "text_completion"
+    if stop_sequence is not None:
+        choice["stop_reason"] = stop_sequence
     out: dict[str, Any] = {
         "id": rid,
         "object": obj,
@@ -125,12 +139,18 @@ def completion(
     bodies: list[dict[str, Any]] = []
     for index, c in enumerate(choices):
         if kind == "chat":
-            answer: dict[str, Any] = {"message": {"role": "assistant", "content": c.text}}
+            message: dict[str, Any] = {"role": "assistant", "content": c.text}
+            if c.tool_calls:
+                # OpenAI's shape: no content (null) when the answer is calls alone.
+                message = {"role": "assistant", "content": c.text or None,
+                           "tool_calls": list(c.tool_calls)}  # fmt: skip
+            answer: dict[str, Any] = {"message": message}
         else:
             answer = {"text": c.text}
-        bodies.append(
-            {"index": index, **answer, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
-        )
+        body = {"index": index, **answer, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+        if c.stop_sequence is not None:
+            body["stop_reason"] = c.stop_sequence
+        bodies.append(body)
     return {
         "id": new_id(kind),
         "object": "chat.completion" if kind == "chat" else "text_completion",

@@ -62,6 +62,8 @@ class Finish:
     completion_tokens: int
     index: int = 0
     """The choice it ends (the runner sets it; an engine generates one choice at a time)."""
+    stop_sequence: str | None = None
+    """The request's stop sequence that ended it, if one did."""
 
 
 @dataclass(frozen=True)
@@ -215,14 +217,19 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._stops = stops
         self._held = ""
+        self.matched: str | None = None
+        """The stop sequence the text was cut at, once one was (the earliest in the text; of
+        two starting there, the one listed first)."""
 
     def feed(self, piece: str) -> tuple[str, bool]:
         """Add `piece`; return (text to emit now, stop reached)."""
         if not self._stops:
             return piece, False
         text = self._held + piece
-        cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(at, i) for i, at in enumerate(text.find(s) for s in self._stops) if at >= 0]
+        if found:
+            cut, which = min(found)
+            self.matched = self._stops[which]
             self._held = ""
             return text[:cut], True
         keep = 0

@@ -66,14 +66,21 @@ class ChatTemplate:
         self._bos = bos_token
         self._eos = eos_token
 
-    def render(self, messages: list[dict[str, str]]) -> str:
-        """The prompt for `messages`, ending where the assistant's answer begins.
+    def render(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """The prompt for `messages` (and `tools`, for a template that renders them: see
+        rbee.engines.tool_prompt), ending where the assistant's answer begins.
 
         Raises jinja2.TemplateError (or another exception from the template) when the template
         rejects the messages; callers answer that with a 400.
         """
         text: str = self._template.render(
-            messages=messages, bos_token=self._bos, eos_token=self._eos, add_generation_prompt=True
+            messages=messages,
+            tools=tools,
+            bos_token=self._bos,
+            eos_token=self._eos,
+            add_generation_prompt=True,
         )
         return text
 

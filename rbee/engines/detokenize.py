@@ -42,6 +42,11 @@ class TokenText:
         text, stopped = self._stops.feed(self._decoder.decode(piece))
         return self._out(text, last=stopped), stopped
 
+    @property
+    def matched(self) -> str | None:
+        """The stop sequence that ended the text, if one did."""
+        return self._stops.matched
+
     def end(self) -> str | Piece | None:
         """What is left to yield once generation ended without a stop string."""
         tail = self._stops.feed(self._decoder.decode(b"", final=True))[0] + self._stops.flush()

@@ -36,6 +36,7 @@ from rbee.engines.base import Finish, FinishReason, Prepared, StopMatcher, fit_c
 from rbee.engines.chat_template import ChatTemplate, folder_template_source
 from rbee.engines.fit import artifact_bytes, check_fits, estimate_need
 from rbee.engines.grammar import Constraint, Vocabulary, grammar_for, tokenizer_from_json
+from rbee.engines.tool_prompt import template_inputs
 from rbee.errors import ApiError, EngineError
 
 __all__ = [
@@ -512,8 +513,8 @@ class ExLlamaV2Engine:
         except (OSError, UnicodeDecodeError) as err:
             raise ApiError(
                 400,
-                f"response_format needs the model's tokenizer.json, which cannot be read: {err}",
-                param="response_format",
+                "constrained decoding (response_format, tool calls) needs the model's "
+                f"tokenizer.json, which cannot be read: {err}",
                 code="unsupported_parameter",
             ) from err
         return tokenizer_from_json(document, n_vocab=self._n_vocab(loaded), eos=self._stop_ids)
@@ -547,9 +548,9 @@ class ExLlamaV2Engine:
                 raise ApiError(
                     400, "this model has no chat template; use /v1/completions", param="messages"
                 )
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            messages, tools = template_inputs(request, self._template.source)
             try:
-                text = self._template.render(messages)
+                text = self._template.render(messages, tools)
             except Exception as err:  # the template may raise anything: the messages are at fault
                 raise ApiError(
                     400, f"the chat template rejected these messages: {err}", param="messages"
@@ -631,7 +632,8 @@ class ExLlamaV2Engine:
                 generator.cancel(job)
         if count is None:
             count = max(int(job.new_tokens), 0)
-        yield Finish(reason=reason, prompt_tokens=len(prepared.tokens), completion_tokens=count)
+        yield Finish(reason=reason, prompt_tokens=len(prepared.tokens), completion_tokens=count,
+                     stop_sequence=stops.matched)  # fmt: skip
 
     def close(self) -> None:
         """Unload the model and its cache and give the VRAM back to the driver."""

@@ -25,8 +25,6 @@ from rbee.errors import ApiError, EngineError
 if TYPE_CHECKING:
     from llguidance import LLMatcher, LLTokenizer
 
-    from rbee.api.structured import ResponseFormat
-
 __all__ = [
     "Constraint",
     "Grammar",
@@ -86,16 +84,16 @@ class Grammar:
         return Constraint(self._matcher.deep_copy(), self._n_vocab)
 
 
-def compile_grammar(tokenizer: LLTokenizer, fmt: ResponseFormat) -> Grammar:
-    """Bind `fmt`'s grammar to `tokenizer`; ApiError(400) if it cannot be enforced with it."""
+def compile_grammar(tokenizer: LLTokenizer, grammar: str, *, what: str, param: str) -> Grammar:
+    """Bind `grammar` (of `what`, the request field `param`) to `tokenizer`; ApiError(400) if it
+    cannot be enforced with it."""
     from llguidance import LLMatcher  # noqa: PLC0415 - loaded on the first structured request
 
-    matcher = LLMatcher(tokenizer, fmt.grammar, log_level=0)
+    matcher = LLMatcher(tokenizer, grammar, log_level=0)
     if matcher.is_error():
-        param = "response_format" if fmt.type == "json_object" else "response_format.json_schema"
         raise ApiError(
             400,
-            f"rbee cannot enforce this {fmt.type} with this model's vocabulary: "
+            f"rbee cannot enforce {what} with this model's vocabulary: "
             f"{matcher.get_error().strip().splitlines()[0]}",
             param=param,
         )
@@ -154,8 +152,22 @@ class Constraint:
 
 
 def grammar_for(request: ChatRequest | CompletionRequest, vocabulary: Vocabulary) -> Grammar | None:
-    """`request`'s grammar bound to the model's tokenizer; None when it asks for free text."""
-    fmt = request.response_format if isinstance(request, ChatRequest) else None
+    """`request`'s grammar bound to the model's tokenizer: its tools' (rbee.api.tools; they take
+    a `response_format` in), else its `response_format`'s; None when it asks for free text."""
+    if not isinstance(request, ChatRequest):
+        return None
+    if request.tools is not None and request.tools.grammar is not None:
+        return _bind(vocabulary, request.tools.grammar, what="these tools", param="tools")
+    fmt = request.response_format
     if fmt is None:
         return None
-    return compile_grammar(vocabulary.get(), fmt)
+    param = "response_format" if fmt.type == "json_object" else "response_format.json_schema"
+    return _bind(vocabulary, fmt.grammar, what=f"this {fmt.type}", param=param)
+
+
+def _bind(vocabulary: Vocabulary, grammar: str, *, what: str, param: str) -> Grammar:
+    try:
+        tokenizer = vocabulary.get()
+    except ApiError as err:  # the model cannot be constrained at all: say for which field
+        raise ApiError(err.status, err.message, param=param, code=err.code) from err
+    return compile_grammar(tokenizer, grammar, what=what, param=param)

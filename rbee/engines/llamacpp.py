@@ -46,6 +46,7 @@ from rbee.engines.base import (
 from rbee.engines.detokenize import TokenText, logprob_of
 from rbee.engines.grammar import Constraint, Vocabulary, grammar_for
 from rbee.engines.repack import LLAMA_DEFAULT_REPACK, RepackChoice
+from rbee.engines.tool_prompt import template_inputs
 from rbee.errors import ApiError, EngineError
 
 __all__ = ["LlamaCppEngine"]
@@ -275,6 +276,7 @@ class LlamaCppEngine:
         self.cpu_repack = cpu_repack
         self._llm: Any = None
         self._formatter: Any = None
+        self._template_source: str | None = None
         self._tokens: _Vocab | None = None
         self._grammar_vocab: Vocabulary | None = None
         self._pool_here = False
@@ -328,6 +330,7 @@ class LlamaCppEngine:
         self._tokens = _Vocab(llama_cpp, llama_cpp.llama_model_get_vocab(llm.model))
         self._grammar_vocab = Vocabulary(lambda: _lltokenizer(llama_cpp, llm))
         template = llm.metadata.get("tokenizer.chat_template")
+        self._template_source = template or None
         if template:
             self._formatter = Jinja2ChatFormatter(
                 template=template,
@@ -369,9 +372,9 @@ class LlamaCppEngine:
                 raise ApiError(
                     400, "this model has no chat template; use /v1/completions", param="messages"
                 )
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            messages, tools = template_inputs(request, self._template_source)
             try:
-                formatted = self._formatter(messages=messages)
+                formatted = self._formatter(messages=messages, tools=tools)
             except Exception as err:
                 raise ApiError(
                     400, f"the chat template rejected these messages: {err}", param="messages"
@@ -468,7 +471,8 @@ class LlamaCppEngine:
             tokens.close()
         if flush and (tail := text.end()) is not None:
             yield tail
-        yield Finish(reason=reason, prompt_tokens=len(prepared.tokens), completion_tokens=count)
+        yield Finish(reason=reason, prompt_tokens=len(prepared.tokens), completion_tokens=count,
+                     stop_sequence=text.matched)  # fmt: skip
 
     def tokenize_inputs(self, inputs: Sequence[EmbeddingInput]) -> tuple[tuple[int, ...], ...]:
         """Tokenize texts as llama.cpp's own embedder does (BOS added); check every input."""

@@ -50,6 +50,7 @@ from rbee.engines.chat_template import ChatTemplate, folder_template_source
 from rbee.engines.detokenize import TokenText, logprob_of
 from rbee.engines.fit import artifact_bytes, check_fits, estimate_need, mem_available
 from rbee.engines.grammar import Constraint, Vocabulary, grammar_for, tokenizer_from_json
+from rbee.engines.tool_prompt import template_inputs
 from rbee.errors import ApiError, EngineError
 
 __all__ = ["MlxEngine", "token_pieces"]
@@ -483,9 +484,9 @@ class MlxEngine:
                 raise ApiError(
                     400, "this model has no chat template; use /v1/completions", param="messages"
                 )
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            messages, tools = template_inputs(request, vocab.template.source)
             try:
-                prompt = vocab.template.render(messages)
+                prompt = vocab.template.render(messages, tools)
             except Exception as err:
                 raise ApiError(
                     400, f"the chat template rejected these messages: {err}", param="messages"
@@ -582,7 +583,8 @@ class MlxEngine:
             tokens.close()
         if flush and (tail := text.end()) is not None:
             yield tail
-        yield Finish(reason=reason, prompt_tokens=len(prepared.tokens), completion_tokens=count)
+        yield Finish(reason=reason, prompt_tokens=len(prepared.tokens), completion_tokens=count,
+                     stop_sequence=text.matched)  # fmt: skip
 
     def save_folder(self, dest: Path) -> None:
         """Write the loaded model as an mlx-lm folder (config, safetensors, tokenizer files).

@@ -55,6 +55,7 @@ from rbee.api.openai import (
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
+    parse_off_loop,
 )
 from rbee.api.worker_routes import worker_routes
 from rbee.errors import ApiError
@@ -222,7 +223,7 @@ def _generation_route(
     async def endpoint(request: Request) -> Response:
         queen = _queen(request)
         raw = await read_body(request)
-        parsed = parse(parse_json(raw))
+        parsed = await parse_off_loop(parse, parse_json(raw))
         check_servable(queen, parsed)
         return await queen.relay.forward(request, parsed.model, path, raw, parsed.stream)
 

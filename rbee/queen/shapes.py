@@ -158,6 +158,15 @@ def _relayed(
     return JSONResponse(whole(json.loads(bytes(answer.body))), headers=_trace(answer))
 
 
+def _parsed(chat: dict[str, Any], rename: Callable[[ApiError], ApiError]) -> ChatRequest:
+    """A mapped request read by the chat parser, its errors named by `rename` as the API that
+    sent the request names its fields."""
+    try:
+        return parse_chat_request(chat)
+    except ApiError as err:
+        raise rename(err) from None
+
+
 def _queen(request: Request) -> Queen:
     queen: Queen = request.app.state.queen
     return queen
@@ -191,7 +200,7 @@ def shape_routes(check: Check) -> list[Route]:
         try:
             queen = _queen(request)
             mapped = anthropic.parse_messages_request(parse_json(await read_body(request)))
-            parsed = parse_chat_request(mapped.chat)
+            parsed = _parsed(mapped.chat, anthropic.rename)
             check(queen, parsed, "max_tokens")
             answer = await queen.relay.forward(
                 request, parsed.model, CHAT_PATH, _encoded(mapped.chat), parsed.stream
@@ -208,7 +217,7 @@ def shape_routes(check: Check) -> list[Route]:
         try:
             queen = _queen(request)
             chat = anthropic.count_request(parse_json(await read_body(request)))
-            parsed = parse_chat_request(chat)
+            parsed = _parsed(chat, anthropic.rename)
             check(queen, parsed, "max_tokens")
             answer = await queen.relay.forward(
                 request, parsed.model, TOKENIZE_PATH, _encoded(chat), stream=False, pace=False

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -37,7 +37,9 @@ from rbee.api.openai import (
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
+    parse_off_loop,
 )
+from rbee.api.tools import CallEvent, CallParser, split_calls
 from rbee.engines.base import Finish, Piece, embedder_of
 from rbee.errors import ApiError, DeadlineError, EngineError
 from rbee.worker.runner import EngineRunner, Generation
@@ -126,7 +128,9 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
         return JSONResponse(body, headers=trace)
 
     async def chat(request: Request) -> Response:
-        return await generate(request, parse_chat_request(await read_json(request)))
+        return await generate(
+            request, await parse_off_loop(parse_chat_request, await read_json(request))
+        )
 
     async def complete(request: Request) -> Response:
         return await generate(request, parse_completion_request(await read_json(request)))
@@ -212,6 +216,29 @@ def _tokenize_route(runner: EngineRunner, model_id: str, check: Callable[[str], 
     return Route("/tokenize", tokenize, methods=["POST"])
 
 
+def _call_chunks(
+    event: Callable[..., bytes], found: list[CallEvent], logprobs: dict[str, Any] | None
+) -> Iterator[bytes]:
+    """The chunks of what a piece of a streamed answer with tools added: text as content; a
+    call's first delta with its index, id, type and name, the next ones with its arguments in
+    pieces (OpenAI's stream). `logprobs` go with the text they came from."""
+    for e in found:
+        if e.kind == "text":
+            yield event(text=e.text, logprobs=logprobs)
+            logprobs = None
+        elif e.kind == "call":
+            call = {"index": e.index, "id": e.id, "type": "function",
+                    "function": {"name": e.name, "arguments": ""}}  # fmt: skip
+            yield event(tool_call=call)
+        else:
+            yield event(tool_call={"index": e.index, "function": {"arguments": e.text}})
+
+
+def _with_calls(reason: str, called: bool) -> str:
+    """The finish_reason of an answer that made calls: "tool_calls" where it ended by itself."""
+    return "tool_calls" if called and reason == "stop" else reason
+
+
 _Shaper = Callable[[Sequence[Logprob]], dict[str, Any]]
 """Turns one choice's next tokens' Logprobs into a `logprobs` object of the request's kind."""
 
@@ -242,9 +269,18 @@ async def _collect(
                         f"the request's deadline passed after {completion_tokens} tokens"
                     )
                 shape = _logprobs_shaper(parsed)
+                text, reason = "".join(parts), str(item.reason)
+                calls: list[dict[str, Any]] = []
+                if isinstance(parsed, ChatRequest) and parsed.calls_tools:
+                    text, calls = split_calls(text)
+                    reason = _with_calls(reason, bool(calls))
                 choices.append(
                     responses.Choice(
-                        "".join(parts), item.reason, shape(logprobs) if shape else None
+                        text,
+                        reason,
+                        shape(logprobs) if shape else None,
+                        tuple(calls),
+                        item.stop_sequence,
                     )
                 )
                 parts, logprobs = [], []
@@ -272,6 +308,8 @@ async def _stream(
     with_usage = parsed.include_usage
     index, completion_tokens = 0, 0
     shape = _logprobs_shaper(parsed)
+    tools = isinstance(parsed, ChatRequest) and parsed.calls_tools
+    calls = CallParser() if tools else None
 
     def event(**fields: Any) -> bytes:
         return sse.encode(
@@ -290,7 +328,17 @@ async def _stream(
                     message = f"the request's deadline passed after {completion_tokens} tokens"
                     yield sse.encode(DeadlineError(message).body())
                     break
-                yield event(text=None if kind == "chat" else "", finish_reason=item.reason)
+                reason = str(item.reason)
+                if calls is not None:
+                    for chunk in _call_chunks(event, calls.end(), None):
+                        yield chunk
+                    reason = _with_calls(reason, calls.calls > 0)
+                    calls = CallParser()
+                yield event(
+                    text=None if kind == "chat" else "",
+                    finish_reason=reason,
+                    stop_sequence=item.stop_sequence,
+                )
                 index += 1
                 if index < parsed.sampling.n and item.reason != "cancelled":
                     shape = _logprobs_shaper(parsed)
@@ -309,10 +357,13 @@ async def _stream(
                         )
                     )
                 break
-            if isinstance(item, Piece):
-                yield event(text=item.text, logprobs=shape(item.logprobs) if shape else None)
+            text = item.text if isinstance(item, Piece) else item
+            logprobs = shape(item.logprobs) if shape and isinstance(item, Piece) else None
+            if calls is not None:
+                for chunk in _call_chunks(event, calls.feed(text), logprobs):
+                    yield chunk
             else:
-                yield event(text=item)
+                yield event(text=text, logprobs=logprobs)
     except EngineError as err:
         log.warning("stream %s failed: %s", rid, err)
         yield sse.encode(ApiError(500, str(err), type="server_error").body())
