@@ -26,15 +26,20 @@ What is measured
     Completion tokens come from `stream_options.include_usage` when the server sends usage (rbee
     does), else the number of content chunks (llama_cpp.server).
 
+    Then the same queen's worker is replaced by an MLX worker of the same model (`mlx[cpu]` on
+    Linux, Metal on a Mac) and one pair per schema (10) is asked twice more: `mlx-schema` and
+    `mlx-free` (skipped, saying why, where mlx cannot be imported). mlx[cpu] decodes about 15
+    times slower than llama.cpp here: 50 pairs would take over an hour.
+
 Goals (issue 11)
-    rbee with the schema: 100% valid answers; median decode rate >= 0.9x of free generation on
-    the same prompts; median TTFT <= +10% of free generation's.
+    rbee with the schema, on each engine: 100% valid answers; median decode rate >= 0.9x of free
+    generation on the same prompts; median TTFT <= +10% of free generation's.
 
 Each server is warmed up with two unmeasured requests of each kind first; rbee's very first
 structured request after start, which builds the model's vocabulary for the grammar compiler
 (once per worker), is timed and reported apart.
 
-Run `.venv/bin/python bench/structured.py` (about 15 minutes on 2 cores): it rewrites the
+Run `.venv/bin/python bench/structured.py` (about 25 minutes on 2 cores): it rewrites the
 `## Structured outputs` section of docs/benchmarks.md. `--quick` runs 10 pairs (one per schema)
 and writes nothing unless `--write` is given. `make bench` installs what llama_cpp.server needs.
 """
@@ -72,12 +77,21 @@ END_MARK = "<!-- structured:end -->"
 MODEL = relay.MODEL
 MAX_TOKENS = 384
 WAYS = ("rbee-schema", "rbee-free", "llama-schema", "llama-free")
+"""The first phase: rbee with a llama.cpp worker, and llama_cpp.server."""
+MLX_WAYS = ("mlx-schema", "mlx-free")
+"""The second phase: the same queen with its worker replaced by an MLX one. It asks one pair per
+schema (10), not 50: mlx[cpu] on Linux decodes this model about 15 times slower than llama.cpp
+(a pair took 1.5 min), and every schema is still covered."""
 LABELS = {
-    "rbee-schema": "rbee, json_schema",
-    "rbee-free": "rbee, free",
+    "rbee-schema": "rbee (llama.cpp), json_schema",
+    "rbee-free": "rbee (llama.cpp), free",
     "llama-schema": "llama_cpp.server, json_object + schema",
     "llama-free": "llama_cpp.server, free",
+    "mlx-schema": "rbee (MLX), json_schema",
+    "mlx-free": "rbee (MLX), free",
 }
+SERVER_NAMES = {"rbee": "rbee (llama.cpp)", "mlx": "rbee (MLX)",
+                "llama": "llama_cpp.server (for comparison)"}  # fmt: skip
 RATE_GOAL = 0.9
 REQUEST_TIMEOUT = 300.0
 """Seconds one request may take: 384 tokens at a few tokens per second on a loaded machine."""
@@ -326,7 +340,7 @@ def request_body(way: str, pair: Pair, number: int = 0) -> dict[str, Any]:
         "stream_options": {"include_usage": True},
         "repeat_penalty": 1.0,
     }
-    if way == "rbee-schema":
+    if way in ("rbee-schema", "mlx-schema"):
         body["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": pair.name, "schema": pair.schema, "strict": True},
@@ -374,30 +388,43 @@ class Run:
     """What one run measured."""
 
     quick: bool
-    tallies: dict[str, Tally] = field(default_factory=lambda: {w: Tally() for w in WAYS})
-    first_structured_ttft: float | None = None
+    tallies: dict[str, Tally] = field(
+        default_factory=lambda: {w: Tally() for w in (*WAYS, *MLX_WAYS)}
+    )
+    first_structured_ttft: dict[str, float] = field(default_factory=dict)
+    """Per rbee engine ("rbee", "mlx"): its first structured request's TTFT."""
+    mlx_skipped: str | None = None
+    """Why the MLX phase did not run, if it did not."""
+    mlx_pairs: int = 0
     pairs: int = 0
     load: list[str] = field(default_factory=list)
     llama_command: str = ""
 
 
-async def run_pairs(urls: dict[str, str], run: Run) -> None:
-    """Warm up, then every pair four ways, in an order that rotates from pair to pair."""
-    chosen = pairs(run.quick)
-    run.pairs = len(chosen)
+async def run_pairs(urls: dict[str, str], run: Run, ways: tuple[str, ...] = WAYS) -> None:
+    """Warm up, then every pair each of `ways`, in an order that rotates from pair to pair (the
+    MLX ways: one pair per schema, see MLX_WAYS)."""
+    chosen = pairs(run.quick or ways == MLX_WAYS)
+    if ways == WAYS:
+        run.pairs = len(chosen)
+    else:
+        run.mlx_pairs = len(chosen)
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
     async with httpx.AsyncClient(
         timeout=relay.HTTP_TIMEOUT, limits=limits, trust_env=False
     ) as client:
         numbers = iter(range(1, 10_000))
-        first = await measure(client, urls["rbee"], "rbee-schema", chosen[-1], next(numbers))
-        run.first_structured_ttft = first.ttft
-        progress(f"rbee's first structured request: TTFT {first.ttft * 1000:.0f} ms")
-        for way in WAYS:
+        engine = ways[0].split("-")[0]
+        first = await measure(client, urls[engine], f"{engine}-schema", chosen[-1], next(numbers))
+        run.first_structured_ttft[engine] = first.ttft
+        progress(
+            f"{SERVER_NAMES[engine]}: first structured request TTFT {first.ttft * 1000:.0f} ms"
+        )
+        for way in ways:
             for pair in chosen[:2]:
                 await measure(client, urls[way.split("-")[0]], way, pair, next(numbers))
         for index, pair in enumerate(chosen):
-            order = WAYS[index % len(WAYS) :] + WAYS[: index % len(WAYS)]
+            order = ways[index % len(ways) :] + ways[: index % len(ways)]
             for way in order:
                 tally = run.tallies[way]
                 url = urls[way.split("-")[0]]
@@ -435,7 +462,7 @@ def results_table(run: Run) -> list[str]:
         "(median) | tokens (median) | TTFT p50 ms | TTFT p95 ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for way in WAYS:
+    for way in ways_run(run):
         tally = run.tallies[way]
         n = len(tally.samples)
         parses = sum(s.parses for s in tally.samples)
@@ -451,10 +478,18 @@ def results_table(run: Run) -> list[str]:
     return lines
 
 
+def ways_run(run: Run) -> tuple[str, ...]:
+    """The ways this run asked: the MLX ones too unless that phase was skipped."""
+    return WAYS if run.mlx_skipped else (*WAYS, *MLX_WAYS)
+
+
 def goals(run: Run) -> list[tuple[str, str, str, bool]]:
-    """(goal, server, measured, met) for rbee and, for comparison, llama_cpp.server."""
+    """(goal, server, measured, met) for rbee on each engine and, for comparison,
+    llama_cpp.server."""
     out = []
-    for server in ("rbee", "llama"):
+    for server in ("rbee", "mlx", "llama"):
+        if server == "mlx" and run.mlx_skipped:
+            continue
         schema, free = run.tallies[f"{server}-schema"], run.tallies[f"{server}-free"]
         n = len(schema.samples) + len(schema.failures)
         valid = sum(s.valid for s in schema.samples)
@@ -473,20 +508,22 @@ def goals(run: Run) -> list[tuple[str, str, str, bool]]:
 def goals_table(run: Run) -> list[str]:
     lines = ["| goal | server | measured | met |", "|---|---|---:|---|"]
     for goal, server, measured, met in goals(run):
-        name = "rbee" if server == "rbee" else "llama_cpp.server (for comparison)"
+        name = SERVER_NAMES[server]
         lines.append(f"| {goal} | {name} | {measured} | {'yes' if met else '**no**'} |")
     return lines
 
 
 def notes(run: Run) -> list[str]:
     lines = []
-    if run.first_structured_ttft is not None:
+    for engine, ttft in run.first_structured_ttft.items():
         lines.append(
-            f"- rbee's first structured request after start (unmeasured above): TTFT "
-            f"{run.first_structured_ttft * 1000:.0f} ms; it builds the grammar compiler's view "
-            "of the model's vocabulary, once per worker."
+            f"- {SERVER_NAMES[engine]}: the first structured request after the worker started "
+            f"(unmeasured above): TTFT {ttft * 1000:.0f} ms; it builds the grammar compiler's "
+            "view of the model's vocabulary, once per worker."
         )
-    for way in WAYS:
+    if run.mlx_skipped:
+        lines.append(f"- The MLX phase did not run: {run.mlx_skipped}.")
+    for way in ways_run(run):
         tally = run.tallies[way]
         if way.endswith("schema") and tally.invalid:
             lines.append(f"- {LABELS[way]}, not schema-valid: {', '.join(tally.invalid)[:400]}")
@@ -513,7 +550,10 @@ def environment_lines(run: Run) -> list[str]:
         f"| model | {MODEL} ({model_gguf().name}), n_ctx {relay.N_CTX}, {relay.THREADS} "
         "engine threads on both servers |",
         f"| workload | {run.pairs} prompt/schema pairs ({len(SCHEMAS)} schemas), each asked "
-        f"4 ways, one at a time, streamed, temperature 0, max_tokens {MAX_TOKENS} |",
+        f"{len(ways_run(run))} ways, one at a time, streamed, temperature 0, "
+        f"max_tokens {MAX_TOKENS}; the MLX ways after the others ({run.mlx_pairs} pairs, one "
+        "per schema: mlx[cpu] is slow), on the same queen with its worker replaced by an MLX "
+        "one |",
         f"| load average (1 min) | {' at start, '.join(run.load)} at end |",
         f"| command | `{command}` |",
         f"| llama_cpp.server | `{run.llama_command}` |",
@@ -547,6 +587,29 @@ def render(run: Run) -> str:
 # Main
 
 
+def mlx_missing() -> str | None:
+    """Why rbee cannot run an MLX worker here, or None."""
+    try:
+        import mlx.core  # noqa: F401, PLC0415
+        import mlx_lm  # noqa: F401, PLC0415
+    except ImportError as err:
+        return f"mlx / mlx-lm cannot be imported ({err})"
+    return None
+
+
+def swap_to_mlx(queen_url: str, worker_id: str) -> None:
+    """Replace the queen's llama.cpp worker by an MLX worker of the same model."""
+    progress(f"stopping {worker_id}; starting an MLX worker of {MODEL}")
+    with httpx.Client(timeout=600.0, trust_env=False) as client:
+        client.delete(f"{queen_url}/v1/workers/{worker_id}").raise_for_status()
+        spec = {"model": MODEL, "engine": "mlx", "threads": relay.THREADS,
+                "ctx_size": relay.N_CTX}  # fmt: skip
+        worker = client.post(f"{queen_url}/v1/workers", json=spec)
+        if worker.status_code != 201:
+            raise RuntimeError(f"the MLX worker did not start: {worker.text[:300]}")
+    progress(f"ready: MLX worker {worker.json()['id']}")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[bool, bool]:
     """(--quick, whether to write docs/benchmarks.md)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -570,6 +633,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with relay.rbee_and_llama(relay.queen_argv, "rbee-structured-") as pair:
         run.llama_command = pair.llama_command
         asyncio.run(run_pairs({"rbee": pair.queen_url, "llama": pair.llama_url}, run))
+        run.mlx_skipped = mlx_missing()
+        if run.mlx_skipped is None:
+            try:
+                swap_to_mlx(pair.queen_url, str(pair.worker["id"]))
+            except (RuntimeError, httpx.HTTPError) as err:
+                run.mlx_skipped = f"the MLX worker could not be started: {err}"
+                progress(run.mlx_skipped)
+            else:
+                asyncio.run(run_pairs({"mlx": pair.queen_url}, run, MLX_WAYS))
     run.load.append(load_average())
     section = render(run)
     if write:
