@@ -53,24 +53,28 @@ def set_process_name(name: str) -> None:
         libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
-def lower_session_priority(increment: int) -> None:
+def lower_session_priority(increment: int, autogroup: Path = Path("/proc/self/autogroup")) -> bool:
     """Lower the CPU weight of this process's whole session against other sessions (Linux).
 
     With autogroup scheduling (the default of desktop and server kernels), the kernel shares the
     CPU between sessions first and between a session's threads second, so a thread's own nice
     value only ranks it inside its session. A worker is a session of its own: this is the one
     knob that makes the queen, the hive and the user's shell win the CPU back from its compute
-    threads the moment they wake. It is best effort: no autogroup, no change.
+    threads the moment they wake. It is best effort and says whether it changed anything: without
+    autogroup (`noautogroup`, sched_autogroup_enabled=0: the file reads empty) or in a cpu cgroup
+    other than the root one (where it does not apply) threads are weighed one by one, and the
+    engine thread's own nice value (rbee.worker.runner) does the job.
     """
     if not increment or not sys.platform.startswith("linux"):
-        return
-    autogroup = Path("/proc/self/autogroup")
+        return False
     try:
         # "/autogroup-123 nice 0": a session may raise its own nice value, never lower it.
         current = int(autogroup.read_text().split()[-1])
         autogroup.write_text(str(min(19, current + increment)))
     except (OSError, ValueError, IndexError) as err:
-        log.debug("session priority left as it is: %s", err)
+        log.debug("session priority left as it is (no autogroup here): %s", err)
+        return False
+    return True
 
 
 def watch_lifeline(fd: int, on_eof: Callable[[], None]) -> Callable[[], None]:

@@ -24,6 +24,7 @@ import pytest
 
 from rbee.api.client import QueenClient
 from rbee.worker.daemon import SESSION_NICENESS
+from rbee.worker.runner import COMPUTE_NICENESS
 from rbee.worker.warmup import CRASH_ENV
 from tests import http
 from tests.conftest import (
@@ -208,18 +209,32 @@ def test_stops_stick_and_local_workers_come_back_after_a_queen_restart(
         time.sleep(2)  # the reconciler has looked again: still only the one that was kept
         assert [w["id"] for w in queen.workers()] == [f"{MODEL}-2"]
         assert len(worker_pids(paths)) == 1
-        if AUTOGROUP:  # the worker's session weighs less than the queen's on a busy CPU
-            assert [session_nice(pid) for pid in worker_pids(paths)] == [SESSION_NICENESS]
+        # On a busy CPU the worker's compute weighs less than the queen: its engine threads are
+        # niced, and where the kernel weighs sessions first (autogroup), its whole session is.
+        (worker,) = worker_pids(paths)
+        assert COMPUTE_NICENESS in thread_nices(worker)
+        assert thread_nices(queen.proc.pid) == {os.getpriority(os.PRIO_PROCESS, 0)}
+        if AUTOGROUP:
+            assert session_nice(worker) == SESSION_NICENESS
             assert session_nice(queen.proc.pid) == session_nice(os.getpid())
 
 
-AUTOGROUP = Path("/proc/self/autogroup").exists()
-"""The kernel schedules by session (autogroup): a worker lowers its session's weight."""
+AUTOGROUP = Path("/proc/self/autogroup").exists() and bool(Path("/proc/self/autogroup").read_text())
+"""The kernel schedules this process by session (autogroup): a worker lowers its session's weight.
+The file reads empty where it does not apply (a process in a cpu cgroup of its own: containers)."""
 
 
 def session_nice(pid: int) -> int:
     """The nice value of a process's session (its autogroup: "/autogroup-12 nice 0")."""
     return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+def thread_nices(pid: int) -> set[int]:
+    """The nice values of a process's threads (field 19 of /proc/PID/task/TID/stat)."""
+    return {
+        int(stat.read_text().rpartition(")")[2].split()[16])
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat")
+    }
 
 
 def test_a_cancelled_spawn_leaves_nothing_behind(tmp_path: Path, model_cache: Path) -> None:
