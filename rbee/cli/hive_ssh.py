@@ -11,6 +11,7 @@ import argparse
 import asyncio
 
 from rbee.api.client import QueenClient
+from rbee.cli.hives import selected_hives
 from rbee.cli.output import confirm, emit, fail, table
 from rbee.config.hives import Hive, HivesConfig, hives_path, load_hives
 from rbee.config.settings import Paths
@@ -78,7 +79,7 @@ def hive_status(args: argparse.Namespace, paths: Paths) -> int:
     """Connect to the hives named (every hive when none is) at once; print their facts."""
     config = load_hives(hives_path(paths, args.hives))
     named = args.alias if isinstance(args.alias, list) else [args.alias]
-    hives = [config.get(alias) for alias in named] if named else list(config.hives)
+    hives = selected_hives(args, paths, named)
     if not hives:
         emit(f"no hives in {config.path}")
         return 0

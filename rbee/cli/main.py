@@ -219,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("RBEE_HIVES") or None,
         help="hives.conf to read (default: $RBEE_HIVES or CONFIG_DIR/hives.conf)",
     )
+    parser.add_argument(
+        "--inventory",
+        metavar="PATH",
+        help="groups of hives (default: $RBEE_INVENTORY or CONFIG_DIR/inventory.yaml, if any)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -331,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         help="hives to read (default: every hive in hives.conf)",
     )
+    status.add_argument(
+        "--group", action="append", default=[], metavar="NAME", help="a group's hives (repeatable)"
+    )
     status.set_defaults(handler=_lazy("hive_ssh", "hive_status"))
     install = hive_cmds.add_parser("install", help="install rbee on a hive over SSH (offline)")
     install.add_argument("alias", metavar="ALIAS")
@@ -365,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="check rbee's configuration files")
     config_cmds = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_cmds.add_parser(
-        "check", help="check hives.conf without connecting anywhere"
+        "check", help="check hives.conf and the inventory without connecting anywhere"
     ).set_defaults(handler=_lazy("hives", "config_check"))
     show = config_cmds.add_parser("show", help="print a hive's settings as ssh resolves them")
     show.add_argument("alias", metavar="ALIAS")
