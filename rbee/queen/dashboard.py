@@ -1,0 +1,399 @@
+"""The dashboard's view of the queen: one snapshot of the whole fleet per call, and log tails.
+
+GET /v1/dashboard                   hives, workers (with their live counters), models, jobs and
+                                    request totals, all in one answer
+GET /v1/dashboard/log?worker=ID     the last lines of a worker's log (`hive=ALIAS`: a hive's;
+                                    `localhost` is the queen's own); `lines` (200) at most 2000
+
+A dashboard polls the snapshot once a second, and several may be open; so the snapshot is built
+at most once per `MAX_AGE` and shared by every caller in that window (concurrent callers wait for
+the same build), which keeps the queen's cost flat in the number of dashboards. Building it asks
+every ready worker for its /health at once (as a metrics scrape does) and reads each remote
+hive's model store at most every `MODELS_MAX_AGE`. Request figures are totals since the queen
+started: the dashboard turns two snapshots into rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rbee import __version__
+from rbee.api.workers import WorkerInfo, validate_worker_id
+from rbee.errors import ApiError, RbeeError
+from rbee.queen.registry import LOCAL_HIVE, Endpoint
+from rbee.queen.service import Queen
+
+__all__ = ["MAX_AGE", "Dashboard", "dashboard_routes", "read_tail"]
+
+MAX_AGE = 0.5
+"""Seconds a snapshot is shared: two dashboards polling each second get the same build."""
+MODELS_MAX_AGE = 10.0
+"""Seconds a hive's model list is reused (a remote one is a round trip over SSH; this
+machine's reads the store's manifests)."""
+STATS_MAX_AGE = 60.0
+"""Seconds an idle worker's /health stats are reused: they move only while it serves, which the
+queen sees (a worker that restarts is asked at once). Asking fifty idle workers every 10 s cost
+about 1% of a core."""
+FACTS_MAX_AGE = 5.0
+"""Seconds this machine's facts are reused (reading free VRAM runs nvidia-smi)."""
+BUSY_STATS_AGE = 2.0
+"""Seconds a serving worker's stats are reused: each `stats` carries `at`, when it was read,
+so rates stay exact; fifty busy workers cost 25 round trips a second, however many
+dashboards poll."""
+TAIL_BYTES = 256 * 1024
+"""The most of a log's end read for a tail (its last lines are in there)."""
+MAX_LINES = 2000
+
+
+def read_tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a text file, reading only its end (blocking: call it in a
+    thread); [] if it does not exist."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - TAIL_BYTES))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", errors="replace")
+    found = text.splitlines()
+    if size > TAIL_BYTES and found:
+        found = found[1:]  # the first one is cut
+    return found[-lines:] if lines else []
+
+
+def _rss(pid: int | None) -> int | None:
+    """A local process's resident memory in bytes (Linux /proc; None elsewhere or if gone)."""
+    if not pid:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _request_totals(queen: Queen) -> list[dict[str, Any]]:
+    """Requests answered and time to first token, per (model, worker, hive), since the start."""
+    totals: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def entry(labels: Mapping[str, str]) -> dict[str, Any]:
+        key = (labels.get("model", ""), labels.get("worker", ""), labels.get("hive", ""))
+        return totals.setdefault(
+            key,
+            {"model": key[0], "worker": key[1], "hive": key[2], "requests": 0, "errors": 0,
+             "ttft_sum": 0.0, "ttft_count": 0},
+        )  # fmt: skip
+
+    for family in queen.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "rbee_requests_total":
+                found = entry(sample.labels)
+                found["requests"] += int(sample.value)
+                if not sample.labels.get("code", "").startswith("2"):
+                    found["errors"] += int(sample.value)
+            elif sample.name == "rbee_time_to_first_token_seconds_sum":
+                entry(sample.labels)["ttft_sum"] += sample.value
+            elif sample.name == "rbee_time_to_first_token_seconds_count":
+                entry(sample.labels)["ttft_count"] += int(sample.value)
+    return list(totals.values())
+
+
+def _facts_json(facts: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The facts a dashboard shows (the full ones are `GET /v1/hives`)."""
+    if not facts:
+        return None
+    keep = ("os", "arch", "hostname", "cpu_count", "mem_total", "mem_available", "engines")
+    gpus = [{k: g.get(k) for k in ("index", "name", "vram_total", "vram_free")}
+            for g in facts.get("gpus") or ()]  # fmt: skip
+    return {**{k: facts.get(k) for k in keep}, "gpus": gpus}
+
+
+class Dashboard:
+    """Builds the fleet snapshot, shared by every dashboard for `max_age` seconds."""
+
+    def __init__(self, queen: Queen, *, max_age: float = MAX_AGE) -> None:
+        self.queen = queen
+        self.max_age = max_age
+        self.builds = 0
+        """Snapshots built so far."""
+        self._started = time.time()
+        self._last: tuple[float, dict[str, Any]] | None = None
+        self._building: asyncio.Future[dict[str, Any]] | None = None
+        self._models: dict[str, tuple[float, list[dict[str, Any]], str | None]] = {}
+        self._stats: dict[str, tuple[float, int, int | None, bool, Mapping[str, Any] | None]] = {}
+        """Worker id → (asked at; its `dispatched`, pid and whether it had requests then; its
+        /health stats)."""
+        self._facts: tuple[float, dict[str, Any] | None] | None = None
+        self.health_asked = 0
+        """Worker /health round trips so far."""
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The fleet now (at most `max_age` old); concurrent callers share one build."""
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < self.max_age:
+            return self._last[1]
+        if self._building is None:
+            # A task of its own, awaited by every caller through a shield: a caller that goes
+            # away (its client disconnected) does not cancel the build the others wait for.
+            self._building = asyncio.ensure_future(self._build())
+            self._building.add_done_callback(self._built)
+        return await asyncio.shield(self._building)
+
+    def _built(self, task: asyncio.Future[dict[str, Any]]) -> None:
+        self._building = None
+        if not task.cancelled() and task.exception() is None:
+            self._last = (time.monotonic(), task.result())
+
+    async def _build(self) -> dict[str, Any]:
+        self.builds += 1
+        queen = self.queen
+        hives = await self._hives()
+        workers = await self._workers()
+        models = await self._models_of([h["name"] for h in hives if h["state"] == "running"])
+        return {
+            "object": "dashboard",
+            "at": time.time(),
+            "queen": {
+                "version": __version__,
+                "pid": os.getpid(),
+                "uptime_s": round(time.time() - self._started, 1),
+                "problems": queen.problems(),
+            },
+            "hives": hives,
+            "workers": workers,
+            "models": models,
+            "jobs": [job.to_json() for job in queen.jobs.jobs()],
+            "requests": _request_totals(queen),
+        }
+
+    async def _hives(self) -> list[dict[str, Any]]:
+        queen = self.queen
+        now = time.monotonic()
+        if self._facts is None or now - self._facts[0] >= FACTS_MAX_AGE:
+            try:  # free memory and VRAM are read again (nvidia-smi on a GPU machine)
+                self._facts = (now, dataclasses.asdict(await queen.hive.facts()))
+            except RbeeError:
+                self._facts = (now, None)
+        local_facts = self._facts[1]
+        hives = [{"name": LOCAL_HIVE, "host": "127.0.0.1", "state": "running", "pid": os.getpid(),
+                  "workers": len(queen.hive.workers()), "last_error": None, "lease_age": None,
+                  "facts": _facts_json(local_facts)}]  # fmt: skip
+        for remote in queen.fleet.hives():
+            described = remote.describe()
+            age = remote.lease_age
+            described["lease_age"] = None if age is None else round(age, 1)
+            described["facts"] = _facts_json(described.get("facts"))
+            hives.append(described)
+        hives.extend(queen.fleet.describe_unlaunchable())
+        return hives
+
+    async def _worker_stats(self) -> dict[str, Mapping[str, Any] | None]:
+        """Each routable worker's /health `stats`, asked again only where they can have moved.
+
+        A worker's queue and token counters move only while the queen has requests on it: so
+        it is asked every BUSY_STATS_AGE while it has requests outstanding, once more after
+        (the one that ended meanwhile), when it was sent one since it was last asked or
+        restarted, and every STATS_MAX_AGE regardless. An idle fleet costs next to no round trip.
+        """
+        queen = self.queen
+        now = time.monotonic()
+        ask: list[Endpoint] = []
+        found: dict[str, Mapping[str, Any] | None] = {}
+        for e in queen.registry.endpoints():
+            if e.info.state != "ready" or (e.hive != LOCAL_HIVE and e.forward_url is None):
+                continue
+            cached = self._stats.get(e.id)
+            idle = not e.outstanding and cached is not None and not cached[3]
+            fresh = (
+                cached is not None
+                and cached[2] == e.info.pid
+                and (cached[1] == e.dispatched or not idle)
+                and now - cached[0] < (STATS_MAX_AGE if idle else BUSY_STATS_AGE)
+            )
+            if fresh:
+                assert cached is not None
+                found[e.id] = cached[4]
+            else:
+                ask.append(e)
+
+        async def one(e: Endpoint) -> None:
+            # Read before asking: a request sent or ended meanwhile makes the next snapshot ask.
+            dispatched, busy = e.dispatched, e.outstanding > 0
+            body = await queen.relay.worker_health(e)
+            stats = body.get("stats") if body is not None else None
+            stats = {**stats, "at": round(time.time(), 3)} if isinstance(stats, Mapping) else None
+            self._stats[e.id] = (now, dispatched, e.info.pid, busy, stats)
+            found[e.id] = stats
+
+        await asyncio.gather(*(one(e) for e in ask))
+        self.health_asked += len(ask)
+        for gone in self._stats.keys() - {e.id for e in queen.registry.endpoints()}:
+            del self._stats[gone]
+        return found
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        queen = self.queen
+        endpoints = {(e.hive, e.info.id): e for e in queen.registry.endpoints()}
+        stats = await self._worker_stats()
+        running = queen.workers()
+        rss = await asyncio.to_thread(
+            lambda: {(h, w.id): _rss(w.pid) for h, w in running if h == LOCAL_HIVE}
+        )
+        listed: list[dict[str, Any]] = []
+        present = set()
+        for hive, info in running:
+            present.add((hive, info.id))
+            endpoint = endpoints.get((hive, info.id))
+            wanted = queen.desired.get(hive, info.id)
+            qid = info.id if hive == LOCAL_HIVE else f"{info.id}@{hive}"
+            listed.append(
+                _worker_json(
+                    info,
+                    hive,
+                    qid,
+                    outstanding=endpoint.outstanding if endpoint else 0,
+                    dispatched=endpoint.dispatched if endpoint else 0,
+                    idle_s=round(endpoint.idle_for, 1) if endpoint else None,
+                    parked=bool(wanted and wanted.parked),
+                    stats=stats.get(qid),
+                    rss=rss.get((hive, info.id)),
+                )
+            )
+        for d in queen.desired.workers():
+            if d.parked and d.key not in present:
+                spec = d.spec
+                info = WorkerInfo(id=d.id, model=spec.model, engine=spec.engine,
+                                  device=spec.device, state="exited")  # fmt: skip
+                qid = d.id if d.hive == LOCAL_HIVE else f"{d.id}@{d.hive}"
+                parked = _worker_json(info, d.hive, qid, outstanding=0, dispatched=0,
+                                      idle_s=None, parked=True, stats=None, rss=None)  # fmt: skip
+                listed.append({**parked, "state": "parked"})
+        return listed
+
+    async def _models_of(self, hives: list[str]) -> list[dict[str, Any]]:
+        """Each stored model per hive (a remote hive's list reused for MODELS_MAX_AGE)."""
+        queen = self.queen
+        out: list[dict[str, Any]] = []
+        now = time.monotonic()
+        cached_local = self._models.get(LOCAL_HIVE)
+        if cached_local is None or now - cached_local[0] >= MODELS_MAX_AGE:
+            local = await asyncio.to_thread(lambda: [m.describe() for m in queen.hive.models()])
+            cached_local = (now, local, None)
+            self._models[LOCAL_HIVE] = cached_local
+        out.extend({**m, "hive": LOCAL_HIVE} for m in cached_local[1])
+
+        async def remote(alias: str) -> None:
+            cached = self._models.get(alias)
+            if cached is not None and now - cached[0] < MODELS_MAX_AGE:
+                return
+            try:
+                found, error = await asyncio.wait_for(queen.fleet.get(alias).models(), 5.0), None
+            except (RbeeError, OSError, TimeoutError, httpx.HTTPError) as err:
+                found, error = (cached[1] if cached else []), str(err) or type(err).__name__
+            self._models[alias] = (now, found, error)
+
+        remotes = [a for a in hives if a != LOCAL_HIVE]
+        await asyncio.gather(*(remote(a) for a in remotes))
+        for alias in remotes:
+            _, found, _error = self._models[alias]
+            out.extend({**m, "hive": alias} for m in found)
+        for alias in list(self._models):
+            if alias not in remotes and alias != LOCAL_HIVE:
+                del self._models[alias]
+        return [{k: m.get(k) for k in ("id", "hive", "formats", "size")} for m in out]
+
+    async def log(self, *, worker: str | None, hive: str | None, lines: int) -> dict[str, Any]:
+        """The tail of a worker's log, or of a hive's (`localhost`: the queen's own log)."""
+        queen = self.queen
+        if worker is not None:
+            local_id, _, where = worker.partition("@")
+            where = where or LOCAL_HIVE
+            validate_worker_id(local_id)
+            info = next((w for h, w in queen.workers() if (h, w.id) == (where, local_id)), None)
+            if info is None:
+                raise ApiError(404, f"no worker {worker[:100]!r}", param="worker",
+                               code="worker_not_found")  # fmt: skip
+            if where != LOCAL_HIVE:
+                raise ApiError(404, f"the log of {worker} is on hive {where}: {info.log_path} "
+                               f"(`ssh -F hives.conf {where} tail -f {info.log_path}`)",
+                               param="worker", code="log_not_here")  # fmt: skip
+            path = Path(info.log_path)
+        elif hive in (None, LOCAL_HIVE):
+            path = queen.paths.logs_dir / "queen.log"
+        else:
+            raise ApiError(404, f"the log of hive {hive!r} is on that machine; the queen shows "
+                           "its own (hive=localhost) and its workers'", param="hive",
+                           code="log_not_here")  # fmt: skip
+        found = await asyncio.to_thread(read_tail, path, lines)
+        return {"object": "log", "path": str(path), "lines": found}
+
+
+def _worker_json(
+    info: WorkerInfo,
+    hive: str,
+    qid: str,
+    *,
+    outstanding: int,
+    dispatched: int,
+    idle_s: float | None,
+    parked: bool,
+    stats: Mapping[str, Any] | None,
+    rss: int | None,
+) -> dict[str, Any]:
+    """One worker as the dashboard shows it (the fields of `GET /v1/workers`, then its live
+    counters from its /health: None where it did not answer)."""
+    # WorkerInfo.to_json's shape, without dataclasses.asdict's deep copies (its fields are
+    # plain values): fifty workers a second add up.
+    out = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
+    out.update(hive=hive, url=info.url)
+    out.update(id=qid, outstanding=outstanding, dispatched=dispatched, idle_s=idle_s,
+               parked=parked, rss=rss)  # fmt: skip
+    keys = ("queued", "active", "served", "generated_tokens", "prompt_tokens", "rejected", "at")
+    out["stats"] = {k: stats.get(k) for k in keys} if stats is not None else None
+    return out
+
+
+def _dashboard(request: Request) -> Dashboard:
+    dashboard: Dashboard | None = getattr(request.app.state, "dashboard", None)
+    if dashboard is None:
+        dashboard = Dashboard(request.app.state.queen)
+        request.app.state.dashboard = dashboard
+    return dashboard
+
+
+async def snapshot(request: Request) -> Response:
+    return JSONResponse(await _dashboard(request).snapshot())
+
+
+async def log_tail(request: Request) -> Response:
+    params = request.query_params
+    raw = params.get("lines", "200")
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_LINES:
+        raise ApiError(400, f"lines must be 0-{MAX_LINES}, got {raw[:20]!r}", param="lines")
+    answer = await _dashboard(request).log(
+        worker=params.get("worker"), hive=params.get("hive"), lines=int(raw)
+    )
+    return JSONResponse(answer)
+
+
+def dashboard_routes() -> list[Route]:
+    """The dashboard's routes over `app.state.queen` (its Dashboard made on first use)."""
+    return [
+        Route("/v1/dashboard", snapshot, methods=["GET"]),
+        Route("/v1/dashboard/log", log_tail, methods=["GET"]),
+    ]
