@@ -8,6 +8,7 @@ unloaded first, a busy one never; autoload off and a load that fails answer at o
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -178,7 +179,8 @@ def test_a_load_that_fails_answers_503_naming_the_cause_and_the_queen_stays_up(
     paths: Paths, tmp_path: Path
 ) -> None:
     broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 4096)
+    # A whole GGUF header (import checks it) of no tensors and no metadata: no engine loads it.
+    broken.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + b"\0" * 64)
     result = rbee(paths, "model", "import", str(broken), "--id", "broken")
     assert result.returncode == 0, result.stderr
     with running_queen(paths, models=()) as queen:

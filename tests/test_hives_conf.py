@@ -756,9 +756,9 @@ def test_cli_config_check_and_hive_list(conf: Path, home: Path) -> None:
     rows = [line.split() for line in listing.stdout.splitlines()]
     assert listing.stdout.startswith("ALIAS  HOST      USER   PORT  HIVE PORT  BACKEND")
     assert rows[1:] == [
-        ["a", "10.0.0.1", "alice", "22", "9000", "mlx", "~/.local/share/rbee-hive"],
-        ["b", "b", ME, "22", "9000", "auto", "~/.local/share/rbee-hive"],
-    ]
+        ["a", "10.0.0.1", "alice", "22", "9000", "mlx", "~/.local/share/rbee-hive", "-"],
+        ["b", "b", ME, "22", "9000", "auto", "~/.local/share/rbee-hive", "-"],
+    ]  # no inventory: no groups
 
 
 def test_cli_hive_list_shows_what_match_blocks_set(conf: Path, home: Path) -> None:

@@ -121,7 +121,7 @@ def test_max_completion_tokens_is_accepted() -> None:
         ({"logprobs": False, "top_logprobs": 0}, "top_logprobs", "only allowed when logprobs"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "between 0 and 20"),
         ({"logprobs": True, "top_logprobs": -1}, "top_logprobs", "between 0 and 20"),
-        ({"logprobs": True, "top_logprobs": 2.0}, "top_logprobs", "must be an integer"),
+        ({"logprobs": True, "top_logprobs": 2.5}, "top_logprobs", "must be an integer"),
         ({"response_format": {"type": "xml"}}, "response_format.type", 'must be "text"'),
         ({"model": None}, "model", "required"),
         ({"model": 3}, "model", "non-empty string"),

@@ -155,7 +155,7 @@ def _tool_choice(body: dict[str, Any]) -> dict[str, Any]:
             code = "missing_required_parameter" if name is None else "invalid_type"
             raise _bad("tool_choice.name", f"must be a string, got {_type_name(name)}", code)
         out["tool_choice"] = {"type": "function", "function": {"name": name}}
-    elif kind in _CHOICES:
+    elif isinstance(kind, str) and kind in _CHOICES:
         out["tool_choice"] = _CHOICES[kind]
     else:
         raise _bad("tool_choice.type", "must be 'auto', 'any', 'tool' or 'none', got "
@@ -174,7 +174,7 @@ def _text_block(where: str, block: Any, *, system: bool = False) -> dict[str, st
     if not isinstance(block, dict):
         raise _bad(where, "each content block must be an object", "invalid_type")
     kind = block.get("type")
-    if kind in _SERVER_BLOCKS:
+    if isinstance(kind, str) and kind in _SERVER_BLOCKS:  # a list or object is no set member
         raise _bad(f"{where}.type", f"{kind} blocks (server tools) are not supported",
                    "unsupported_parameter")  # fmt: skip
     if kind != "text":
@@ -312,6 +312,8 @@ def _max_tokens(body: dict[str, Any]) -> int:
     value = body.get("max_tokens")
     if value is None:
         raise _bad("max_tokens", "Field required", "missing_required_parameter")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 4.0 is an integer to JSON Schema
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad("max_tokens", f"must be an integer, got {_type_name(value)}", "invalid_type")
     if not 1 <= value <= _MAX_TOKENS:

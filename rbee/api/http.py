@@ -1,14 +1,14 @@
-"""Starlette helpers for every role: bounded JSON bodies, OpenAI error bodies, API keys."""
+"""Starlette helpers for every role: bounded JSON bodies, OpenAI error bodies, the access log.
+
+The queen's API keys and scopes are rbee.queen.auth (hives and workers listen on loopback only).
+"""
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import math
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rbee.api.jsonbody import decode_body
 from rbee.errors import ApiError, RbeeError
 
 __all__ = [
@@ -24,13 +25,14 @@ __all__ = [
     "EXCEPTION_HANDLERS",
     "MAX_BODY_BYTES",
     "AccessLogMiddleware",
-    "ApiKeyMiddleware",
     "ClosingStreamingResponse",
     "error_response",
+    "internal_error",
     "parse_json",
     "read_body",
     "read_json",
     "request_deadline",
+    "scrub_addresses",
 ]
 
 MAX_BODY_BYTES = 1 << 20
@@ -41,9 +43,29 @@ DEADLINE_HEADER = "x-rbee-deadline"
 access_log = logging.getLogger("rbee.access")
 
 
+_INTERNAL_URL = re.compile(
+    r"\bhttps?://(?:localhost|\[[0-9a-fA-F:.]+\]|\d{1,3}(?:\.\d{1,3}){3})(?::\d+)?[^\s'\")]*"
+)
+_SOCKET_ADDRESS = re.compile(r"\(\s*'[0-9a-fA-F:.]+'\s*,\s*\d+[^)]*\)")
+_HOST_PORT = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}:\d{1,5}\b")
+
+
+def scrub_addresses(text: str) -> str:
+    """`text` with the machine-internal addresses it may hold (a worker's or a hive forward's
+    URL, a socket's ('127.0.0.1', 9301), an ip:port) written as `<internal address>`: the
+    queen's error bodies name workers and hives by id, never by where they listen."""
+    for pattern in (_INTERNAL_URL, _SOCKET_ADDRESS, _HOST_PORT):
+        text = pattern.sub("<internal address>", text)
+    return text
+
+
 def error_response(err: ApiError) -> JSONResponse:
-    """The OpenAI-shaped error response for `err`."""
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+    """The OpenAI-shaped error response for `err`; a server error's message is scrubbed of
+    internal addresses (it may carry an exception's text from deep in the relay)."""
+    body = err.body()
+    if err.status >= 500:
+        body["error"]["message"] = scrub_addresses(str(body["error"]["message"]))
+    return JSONResponse(body, status_code=err.status, headers=err.headers())
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -86,13 +108,9 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
 
 def parse_json(raw: bytes) -> Any:
-    """Decode a JSON body; 400 saying why if it is empty or malformed."""
-    if not raw.strip():
-        raise ApiError(400, "the request body is empty; send a JSON object")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ApiError(400, f"the request body is not valid JSON: {err}") from None
+    """Decode a JSON body; 400 saying why (and naming the field) if it is empty, malformed or
+    not strict JSON (rbee.api.jsonbody)."""
+    return decode_body(raw)
 
 
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
@@ -174,51 +192,6 @@ class AccessLogMiddleware:
             )
 
 
-def _openai_refusal(path: str, err: ApiError) -> Response:
-    return error_response(err)
-
-
-class ApiKeyMiddleware:
-    """Require the API key on every path but /health: `Authorization: Bearer <key>`, or
-    `x-api-key: <key>` as Anthropic's clients send it (constant-time compares). `refusal`
-    answers a request without it, by path (default: OpenAI's error body)."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        api_key: str,
-        refusal: Callable[[str, ApiError], Response] = _openai_refusal,
-    ) -> None:
-        self.app = app
-        self._key = api_key.encode()
-        self._refusal = refusal
-
-    def _allowed(self, scope: Scope) -> bool:
-        bearer = given = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                bearer = token.strip() if scheme.lower() == b"bearer" else b""
-            elif name == b"x-api-key":
-                given = value.strip()
-        # Both compared, whichever came: no answer's timing tells which one was tried.
-        by_bearer = hmac.compare_digest(bearer, self._key)
-        by_header = hmac.compare_digest(given, self._key)
-        return by_bearer or by_header
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health" or self._allowed(scope):
-            await self.app(scope, receive, send)
-            return
-        err = ApiError(
-            401,
-            "missing or wrong API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)",
-            code="invalid_api_key",
-        )
-        response = self._refusal(scope["path"], err)
-        await response(scope, receive, send)
-
-
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc)
@@ -292,9 +265,30 @@ async def _rbee_error(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(500, str(exc), type="server_error"))
 
 
+def internal_error(request: Request, exc: Exception) -> ApiError:
+    """What a bug in rbee answers: a 500 naming only the exception's type (its text may hold
+    paths or addresses)."""
+    return ApiError(
+        500,
+        f"internal error ({type(exc).__name__}) while serving {request.method} "
+        f"{request.url.path}; the server's log has the details",
+        type="server_error",
+        code="internal_error",
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Anything else is a bug in rbee. Starlette's own answer would be a bare `Internal Server
+    # Error` (or a traceback in debug mode); an OpenAI client parses this one. Starlette
+    # re-raises the exception after this answer is sent, so the server logs the traceback.
+    return error_response(internal_error(request, exc))
+
+
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: _api_error,
     HTTPException: _http_error,
     RbeeError: _rbee_error,
+    Exception: _internal_error,
 }
-"""Starlette exception handlers that answer every error with OpenAI's error body."""
+"""Starlette exception handlers that answer every error with OpenAI's error body, a bug in rbee
+(any other exception) included."""

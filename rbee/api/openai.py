@@ -29,6 +29,8 @@ __all__ = [
     "MAX_COMPLETION_LOGPROBS",
     "MAX_EMBEDDING_INPUTS",
     "MAX_LOGIT_BIAS",
+    "MAX_MAX_TOKENS",
+    "MAX_MESSAGES",
     "MAX_STOP_SEQUENCES",
     "MAX_TOP_LOGPROBS",
     "ChatMessage",
@@ -53,6 +55,12 @@ _LOGIT_BIAS_RANGE = 100.0
 _TOKEN_KEY = re.compile(r"0|[1-9][0-9]{0,9}")
 MAX_CHOICES = 8
 """Choices (`n`) one request may ask for; they are sampled one after another on one worker."""
+MAX_MAX_TOKENS = 1 << 30
+"""The most tokens one request may ask to generate, all its choices together (n * max_tokens):
+each is legal up to this alone, but 8 choices of a billion tokens is no request to queue."""
+MAX_MESSAGES = 2048
+"""Messages one chat request may hold: a 1 MiB body of empty messages is some 30,000 of them,
+each templated and tokenized before the context check could refuse the whole."""
 MAX_TOP_LOGPROBS = 20
 """Alternatives per token a chat request may ask for (`top_logprobs`, OpenAI's own limit)."""
 MAX_COMPLETION_LOGPROBS = 5
@@ -186,6 +194,10 @@ def _integer(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
     value = body.get(key)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(
+            value
+        )  # 4.0 is an integer to JSON Schema (and to vLLM's and llama.cpp's parsers)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad(key, f"{key} must be an integer, got {_type_name(value)}", "invalid_type")
     if not lo <= value <= hi:
@@ -282,10 +294,19 @@ def _chat_logprobs(body: dict[str, Any]) -> int | None:
 
 
 def _sampling(body: dict[str, Any], logprobs: int | None) -> SamplingParams:
-    max_tokens = _integer(body, "max_tokens", 1, 1 << 30)
-    max_completion = _integer(body, "max_completion_tokens", 1, 1 << 30)
+    max_tokens = _integer(body, "max_tokens", 1, MAX_MAX_TOKENS)
+    max_completion = _integer(body, "max_completion_tokens", 1, MAX_MAX_TOKENS)
+    wanted = max_tokens if max_tokens is not None else max_completion
+    n = _integer(body, "n", 1, MAX_CHOICES) or 1
+    if wanted is not None and n * wanted > MAX_MAX_TOKENS:
+        field = "max_tokens" if max_tokens is not None else "max_completion_tokens"
+        raise _bad(
+            field,
+            f"n * {field} is {n} * {wanted} = {n * wanted} tokens; one request may ask for at "
+            f"most {MAX_MAX_TOKENS} in all its choices together",
+        )
     return SamplingParams(
-        max_tokens=max_tokens if max_tokens is not None else max_completion,
+        max_tokens=wanted,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
         stop=_stop(body),
@@ -293,7 +314,7 @@ def _sampling(body: dict[str, Any], logprobs: int | None) -> SamplingParams:
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
         logit_bias=_logit_bias(body),
-        n=_integer(body, "n", 1, MAX_CHOICES) or 1,
+        n=n,
         logprobs=logprobs,
     )
 
@@ -345,15 +366,17 @@ def _messages(body: dict[str, Any]) -> tuple[ChatMessage, ...]:
         raise _bad("messages", f"messages must be a list, got {_type_name(value)}", "invalid_type")
     if not value:
         raise _bad("messages", "messages must not be empty")
+    if len(value) > MAX_MESSAGES:
+        raise _bad("messages", f"messages holds at most {MAX_MESSAGES} messages, got {len(value)}")
     out = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
             raise _bad(f"messages[{i}]", "each message must be an object", "invalid_type")
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
+            got = repr(role[:40]) if isinstance(role, str) else _type_name(role)
             raise _bad(
-                f"messages[{i}].role",
-                f"role must be one of {', '.join(sorted(_ROLES))}, got {role!r}",
+                f"messages[{i}].role", f"role must be one of {', '.join(sorted(_ROLES))}, got {got}"
             )
         calls = parse_tool_calls(i, message.get("tool_calls")) if role == "assistant" else ()
         if role != "assistant" and message.get("tool_calls") is not None:

@@ -140,7 +140,7 @@ def _content(param: str, value: Any) -> str | list[dict[str, str]]:
     for j, part in enumerate(value):
         where = f"{param}[{j}]"
         kind = part.get("type") if isinstance(part, dict) else _type_name(part)
-        if kind not in _TEXT_PARTS:
+        if not isinstance(kind, str) or kind not in _TEXT_PARTS:  # a list is no set member
             raise _bad(f"{where}.type", f"only input_text and output_text content parts are "
                        f"supported, got {kind!r}", "unsupported_parameter")  # fmt: skip
         text = part.get("text")
@@ -223,7 +223,7 @@ def _input(body: dict[str, Any]) -> list[dict[str, Any]]:
                        f"items are supported, got an item of type {str(kind)[:40]!r}",
                        "unsupported_parameter")  # fmt: skip
         role = item.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _bad(f"{where}.role", f"role must be one of {', '.join(sorted(_ROLES))}, got "
                        f"{role!r}")  # fmt: skip
         out.append({"role": role, "content": _content(f"{where}.content", item.get("content"))})

@@ -144,7 +144,12 @@ def _compile(schema: dict[str, Any]) -> tuple[str, str]:
     """The llguidance grammar for `schema`, and why it cannot be enforced ("" if it can)."""
     from llguidance import LLMatcher  # noqa: PLC0415 - loaded on the first structured request
 
-    grammar = LLMatcher.grammar_from_json_schema(schema, overrides=_COMPILE_OPTIONS)
+    try:
+        grammar = LLMatcher.grammar_from_json_schema(schema, overrides=_COMPILE_OPTIONS)
+    except ValueError as err:
+        # llguidance writes the schema out as JSON itself and refuses what it cannot hold: an
+        # integer beyond 64 bits ("Value is not JSON serializable"). A 400, not a 500.
+        return "", f"rbee cannot enforce this schema: {str(err)[:200]}"
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
     if not is_error:
         return grammar, ""
@@ -255,7 +260,7 @@ class _Walker:
             )
 
     def _format(self, value: Any, where: str) -> None:
-        if value not in SUPPORTED_FORMATS:
+        if not isinstance(value, str) or value not in SUPPORTED_FORMATS:
             raise _bad(
                 where,
                 f"rbee cannot enforce the format {value!r:.100} ({where}); it enforces "

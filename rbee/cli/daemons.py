@@ -16,9 +16,10 @@ from rbee.config.settings import Paths
 from rbee.errors import QueenNotRunningError
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore
-from rbee.queen.daemon import run_queen, start_daemon, stop_daemon
+from rbee.queen.daemon import queen_run_argv, run_queen, start_daemon, stop_daemon
 from rbee.queen.record import read_record
 from rbee.queen.service import QueenOptions
+from rbee.queen.serving import record_serving
 
 __all__ = [
     "queen_run",
@@ -99,6 +100,10 @@ def queen_start(args: argparse.Namespace, paths: Paths) -> int:
     """Start the queen daemon and wait until it answers."""
     options = _queen_options(args, paths, tuple(WorkerSpec(model=m) for m in args.model))
     record = start_daemon(paths, options)
+    # `rbee sweep --heal` starts it again this way should it go down (rbee.queen.serving).
+    argv = queen_run_argv(paths, options)
+    argv[argv.index("queen") + 1] = "start"
+    record_serving(paths, True, argv)
     emit(f"queen started (pid {record.pid}) at {record.url}/v1; log {paths.logs_dir / 'queen.log'}")
     return 0
 
@@ -106,6 +111,7 @@ def queen_start(args: argparse.Namespace, paths: Paths) -> int:
 def queen_stop(args: argparse.Namespace, paths: Paths) -> int:
     """Stop the queen daemon; it stops its workers first."""
     record = stop_daemon(paths)
+    record_serving(paths, False)  # stopped on purpose: `rbee sweep --heal` leaves it stopped
     emit(f"queen stopped (pid {record.pid})")
     return 0
 
@@ -118,6 +124,10 @@ def queen_status(args: argparse.Namespace, paths: Paths) -> int:
         raise QueenNotRunningError("the queen is not running (start it with `rbee queen start`)")
     with QueenClient(url, api_key=args.api_key) as client:
         health = client.health()
+    if "pid" not in health:
+        # A queen with an API key tells a client without it only that it is up.
+        emit(f"queen running at {url}/v1 (details need its API key: --api-key or $RBEE_API_KEY)")
+        return 0
     workers = health.get("workers", {})
     models = ", ".join(health.get("models", [])) or "none"
     emit(f"queen running (pid {health.get('pid')}) at {url}/v1")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 from rbee.api.client import QueenClient
 from rbee.cli.hives import selected_hives
-from rbee.cli.output import confirm, emit, fail, table
+from rbee.cli.output import confirm, emit, fail, note, table
 from rbee.config.hives import Hive, HivesConfig, hives_path, load_hives
 from rbee.config.settings import Paths
 from rbee.errors import HostKeyError, QueenError, RbeeError
@@ -20,7 +21,14 @@ from rbee.facts import Facts
 from rbee.queen.record import read_record
 from rbee.ssh.connection import HiveConnection
 from rbee.ssh.facts import status_facts
-from rbee.ssh.trust import fetch_host_key, record_host_key
+from rbee.ssh.trust import (
+    HostKey,
+    TrustStatus,
+    fetch_host_key,
+    host_key_status,
+    record_host_key,
+    replace_host_key,
+)
 
 __all__ = ["MAX_CONNECTING", "hive_status", "hive_trust"]
 
@@ -29,7 +37,8 @@ MAX_CONNECTING = 64
 
 
 def hive_trust(args: argparse.Namespace, paths: Paths) -> int:
-    """Show the host key a hive offers; record it in known_hosts once confirmed."""
+    """Show the host key a hive offers; record it in known_hosts once confirmed. A key that
+    differs from the one recorded is a louder, separate flow (`_replace_changed`)."""
     config = load_hives(hives_path(paths, args.hives))
     hive = config.get(args.alias)
     key = asyncio.run(
@@ -42,16 +51,63 @@ def hive_trust(args: argparse.Namespace, paths: Paths) -> int:
         )
     )
     known_hosts = hive.known_hosts()
+    status = host_key_status(known_hosts, hive.hostname, hive.port, key.key)
+    if status.state == "known":
+        emit(f"{hive.alias}: its host key {key.algorithm} {key.fingerprint} is already in "
+             f"{known_hosts}")  # fmt: skip
+        return 0
+    if status.state == "changed":
+        return _replace_changed(args, hive, key, known_hosts, status)
     emit(f"{hive.alias} ({hive.hostname} port {hive.port}) offers this host key:")
     emit(f"  {key.algorithm} {key.fingerprint}")
-    emit("Compare it with the output of `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` (or the "
-         "key type above) run on that machine.")  # fmt: skip
+    emit(_CHECK_ON_THE_MACHINE)
     if not args.yes and not confirm(f"Trust it and record it in {known_hosts}?"):
         raise HostKeyError(f"{hive.alias}: not trusted (answer y, or pass --yes to trust it)")
     if record_host_key(known_hosts, hive.hostname, hive.port, key.key):
         emit(f"recorded in {known_hosts}")
     else:
         emit(f"already in {known_hosts}")
+    return 0
+
+
+_CHECK_ON_THE_MACHINE = (
+    "Compare it with the output of `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` (or the "
+    "key type above) run on that machine."
+)
+
+
+def _replace_changed(
+    args: argparse.Namespace, hive: Hive, key: HostKey, known_hosts: Path, status: TrustStatus
+) -> int:
+    """The hive offers a key other than the one recorded: say so loudly, with both
+    fingerprints, and replace it only with --replace-changed-key (never --yes alone: that is
+    how a man in the middle would get trusted on the first script that ran it)."""
+    note("WARNING: THE HOST KEY OF THIS HIVE HAS CHANGED.")
+    note(
+        "Someone could be in the middle of the connection, or the machine was reinstalled or "
+        "its host key regenerated. Do not replace it before checking on the machine itself."
+    )
+    emit(f"{hive.alias} ({hive.hostname} port {hive.port}) now offers:")
+    emit(f"  {key.algorithm} {key.fingerprint}")
+    emit(f"{known_hosts} holds for it:")
+    for entry in status.others:
+        emit(f"  {entry.key_type} {entry.fingerprint}  ({known_hosts}:{entry.line})")
+    emit(_CHECK_ON_THE_MACHINE)
+    if not args.replace_changed_key:
+        raise HostKeyError(
+            f"{hive.alias}: the host key changed; not trusted. After checking the new "
+            f"fingerprint on the machine, run `rbee hive trust {hive.alias} "
+            "--replace-changed-key` (--yes alone never replaces a key)"
+        )
+    question = f"Remove the old key and trust the new one in {known_hosts}?"
+    if not args.yes and not confirm(question):
+        raise HostKeyError(
+            f"{hive.alias}: the changed key was not trusted (answer y, or pass --yes with "
+            "--replace-changed-key)"
+        )
+    changed = replace_host_key(known_hosts, hive.hostname, hive.port, key.key)
+    where = ", ".join(f"{known_hosts}:{line}" for line in changed)
+    emit(f"removed the old key ({where}); recorded the new one in {known_hosts}")
     return 0
 
 

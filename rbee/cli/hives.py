@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from rbee.cli.output import emit, table
+from rbee.cli.output import emit, note, table
 from rbee.config.hives import Hive, HivesConfig, hives_path, load_hives
 from rbee.config.inventory import ALL, Inventory, inventory_path, load_inventory, select_hives
 from rbee.config.settings import Paths
@@ -47,10 +47,19 @@ def hive_list(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+_LOCAL_COMMANDS = frozenset({"proxycommand", "localcommand", "knownhostscommand"})
+"""ssh_config keywords whose value is a command run on the operator's machine."""
+
+
 def config_check(args: argparse.Namespace, paths: Paths) -> int:
     """Check hives.conf and the inventory without connecting anywhere."""
     config, inventory = fleet_files(args, paths)
     emit(f"{config.path}: {len(config.hives)} hive(s) OK")
+    for d in config.directives:
+        if d.key in _LOCAL_COMMANDS and " ".join(d.args).lower() != "none":
+            who = "rbee and `ssh -F`" if d.key == "proxycommand" else "`ssh -F` (not rbee)"
+            note(f"{d.path}:{d.line}: {d.keyword} runs a command on this machine when {who} "
+                 "connects to the hive: only use a hives.conf you trust")  # fmt: skip
     if inventory.path is not None:
         for alias in config.aliases:  # two groups giving one hive different defaults
             inventory.vars_for(alias)

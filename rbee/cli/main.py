@@ -14,9 +14,11 @@ from rbee import __version__
 from rbee.api.workers import REPACK_SETTINGS
 from rbee.cli.output import fail
 from rbee.config.hive_keys import DEFAULT_HIVE_PORT
+from rbee.config.keys import SCOPES
 from rbee.config.settings import DEFAULT_QUEEN_PORT, Paths
 from rbee.errors import RbeeError
 from rbee.models.catalog import DEFAULT_MODEL_ID, FORMATS
+from rbee.sweep.options import add_sweep_parser
 
 __all__ = ["build_parser", "main"]
 
@@ -327,7 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trust = hive_cmds.add_parser("trust", help="show a hive's host key and trust it")
     trust.add_argument("alias", metavar="ALIAS")
-    trust.add_argument("--yes", action="store_true", help="trust it without asking")
+    trust.add_argument(
+        "--yes",
+        action="store_true",
+        help="trust a new hive's key without asking (never a changed one)",
+    )
+    trust.add_argument(
+        "--replace-changed-key",
+        action="store_true",
+        help="the hive's key changed and you checked the new one on the machine: remove the old "
+        "key from known_hosts and trust the new one",
+    )
     trust.set_defaults(handler=_lazy("hive_ssh", "hive_trust"))
     status = hive_cmds.add_parser("status", help="connect to hives at once, show their facts")
     status.add_argument(
@@ -391,6 +403,60 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id", metavar="ID")
     cancel.set_defaults(handler=_lazy("jobs", "job_cancel"))
 
+    tui = commands.add_parser("tui", help="the fleet's dashboard in the terminal (keys: ?)")
+    tui.add_argument(
+        "--once", action="store_true", help="print one snapshot as text and exit (for scripts)"
+    )
+    tui.add_argument("--width", type=_positive, default=120, help="--once: columns (120)")
+    tui.set_defaults(handler=_lazy("tui", "tui"))
+
+    apply = commands.add_parser(
+        "apply", help="make the fleet what a playbook says (models on hives, replicas, policies)"
+    )
+    apply.add_argument("playbook", metavar="PLAYBOOK", help="a playbook YAML file")
+    apply.add_argument(
+        "--check",
+        action="store_true",
+        help="only show the plan; exit 0 if nothing would change, 2 if something would",
+    )
+    apply.add_argument(
+        "--diff", action="store_true", help="show, per hive, what the playbook wants and what runs"
+    )
+    apply.set_defaults(handler=_lazy("apply", "apply"))
+
+    key = commands.add_parser("key", help="the queen's API keys: scopes, limits, revocation")
+    key_cmds = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    kadd = key_cmds.add_parser("add", help="create a key and print it (once: it is not stored)")
+    kadd.add_argument("name", metavar="NAME", help="who the key is for (shown in the audit log)")
+    kadd.add_argument(
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        help="what the key may do (repeatable; default: inference)",
+    )
+    kadd.add_argument("--rpm", type=_positive, help="requests a minute the key may make")
+    kadd.add_argument("--concurrent", type=_positive, help="requests the key may have in flight")
+    kadd.set_defaults(handler=_lazy("keys", "key_add"))
+    key_cmds.add_parser("list", help="the keys, their scopes and limits").set_defaults(
+        handler=_lazy("keys", "key_list")
+    )
+    krevoke = key_cmds.add_parser("revoke", help="remove a key; the queen refuses it at once")
+    krevoke.add_argument("key", metavar="NAME", help="the key's name (or id)")
+    krevoke.set_defaults(handler=_lazy("keys", "key_revoke"))
+
+    audit = commands.add_parser("audit", help="check and read the audit log")
+    audit_cmds = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    averify = audit_cmds.add_parser("verify", help="check the hash chain (exit 1 if broken)")
+    averify.add_argument("--file", metavar="PATH", help="the log (default DATA_DIR/audit.jsonl)")
+    averify.add_argument(
+        "--expect", metavar="HASH", help="a hash recorded earlier that must still be in the chain"
+    )
+    averify.set_defaults(handler=_lazy("audit", "audit_verify"))
+    atail = audit_cmds.add_parser("tail", help="print the last entries")
+    atail.add_argument("--file", metavar="PATH", help="the log (default DATA_DIR/audit.jsonl)")
+    atail.add_argument("-n", "--lines", type=_positive, default=20, help="how many (20)")
+    atail.set_defaults(handler=_lazy("audit", "audit_tail"))
+
     infer = commands.add_parser("infer", help="stream one answer to stdout")
     infer.add_argument("--model", default=DEFAULT_MODEL_ID)
     infer.add_argument("--prompt", required=True)
@@ -398,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--temperature", type=float)
     infer.add_argument("--seed", type=int)
     infer.set_defaults(handler=_lazy("remote", "infer"))
+
+    add_sweep_parser(commands, _lazy("sweep", "sweep"))
     return parser
 
 

@@ -8,6 +8,7 @@ Lines are parsed lazily, so the first mistake in file order is the one reported,
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from rbee.errors import ConfigError
+from rbee.fsutil import read_bounded
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -255,12 +257,12 @@ def _read_text(path: Path, origin: Directive | None) -> str:
         return origin.error(message) if origin else ConfigError(message)
 
     try:
-        if not path.is_file():
-            raise error(f"{path} is not a file")
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise error(f"{path} is larger than 1 MiB; is it really an ssh config file?")
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_FILE_BYTES)
     except OSError as err:
+        if err.errno == errno.EFBIG:
+            raise error(f"{path} is larger than 1 MiB; is it really an ssh config file?") from None
+        if err.errno == errno.EINVAL:
+            raise error(f"{path} is not a file") from None
         raise error(f"cannot read {path}: {err.strerror}") from None
     try:
         return data.decode("utf-8")

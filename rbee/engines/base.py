@@ -182,11 +182,20 @@ def fit_context(
     *,
     param: str,
 ) -> Prepared:
-    """`tokens` prepared for generation, or ApiError(400) when they overflow `n_ctx` tokens.
+    """`tokens` prepared for generation, or ApiError(400) when there are none or they overflow
+    `n_ctx` tokens.
 
     The prompt must leave room for one token, and an explicit max_tokens must fit what is left;
     without one, generation may use all of it. `param` names the prompt field in the error.
     """
+    if not tokens:
+        # No token to condition on: an engine would fail deep in its decode (a 500), not refuse.
+        raise ApiError(
+            400,
+            f"{param} tokenizes to no tokens at all for this model; send some text",
+            param=param,
+            code="empty_prompt",
+        )
     room = n_ctx - len(tokens)
     if room < 1:
         raise ApiError(

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rbee.fsutil import open_private_log
 from rbee.proc import stop_process_group
 from rbee.worker.standby import Order
 
@@ -61,7 +62,7 @@ async def launch(
     os.set_inheritable(ready_r, False)
     argv = argv_for(ready_w, life_r)
     try:
-        with log_path.open("ab") as log_file:
+        with open_private_log(log_path) as log_file:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE if standby else asyncio.subprocess.DEVNULL,

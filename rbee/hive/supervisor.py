@@ -33,6 +33,7 @@ import httpx
 from rbee.api.workers import WorkerInfo, WorkerSpec, exit_description
 from rbee.config.settings import Paths, Timeouts
 from rbee.errors import RbeeError, WorkerError, WorkerExistsError, WorkerNotFoundError
+from rbee.fsutil import private_dir
 from rbee.hive.argv import standby_argv, worker_argv
 from rbee.hive.launch import Standby, launch
 from rbee.models.catalog import validate_model_id
@@ -143,7 +144,7 @@ class Supervisor:
         await self._tg.__aenter__()
         self._state = "open"
         if self._standby is not None:
-            self.paths.logs_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.paths.logs_dir)
             self._standby.fill()
         return self
 
@@ -212,7 +213,7 @@ class Supervisor:
         worker_id = worker_id or self._new_id(spec.model)
         if worker_id in self._workers:
             raise WorkerExistsError(f"a worker {worker_id!r} already runs on this hive")
-        self.paths.logs_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.paths.logs_dir)
         log_path = self.paths.logs_dir / f"worker-{worker_id}.log"
         info = WorkerInfo(
             id=worker_id, model=spec.model, engine=spec.engine, device=spec.device,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rbee.errors import ModelError
+from rbee.fsutil import open_regular, read_bounded
 from rbee.models.catalog import FOLDER_FORMATS, validate_format
 
 __all__ = ["GGUF_MAGIC", "check_kind", "detect_folder_format", "detect_format", "is_gguf"]
@@ -31,7 +32,7 @@ _MAX_CARD = 1 << 20
 def is_gguf(path: Path) -> bool:
     """True if `path` is a file that starts with the GGUF magic."""
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             return f.read(4) == GGUF_MAGIC
     except OSError:
         return False
@@ -39,7 +40,7 @@ def is_gguf(path: Path) -> bool:
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_bounded(path, _MAX_HEADER).decode("utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return {}
     return raw if isinstance(raw, dict) else {}
@@ -48,7 +49,7 @@ def _json(path: Path) -> dict[str, Any]:
 def _safetensors_metadata(path: Path) -> dict[str, Any]:
     # A safetensors file starts with the length of its JSON header (u64, little-endian).
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             (length,) = struct.unpack("<Q", f.read(8))
             if length > _MAX_HEADER:
                 return {}
@@ -61,7 +62,7 @@ def _safetensors_metadata(path: Path) -> dict[str, Any]:
 
 def _card_says_mlx(path: Path) -> bool:
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             text = f.read(_MAX_CARD).decode("utf-8", "replace")
     except OSError:
         return False

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from rbee.errors import ChecksumError, ModelError, ModelFetchError
+from rbee.fsutil import private_dir
 from rbee.models.catalog import (
     FOLDER_FORMATS,
     slug_model_id,
@@ -200,7 +201,7 @@ def _fetch_all(
         part = final.with_name(final.name + ".part")
         if final.is_file():  # whole and checked in an earlier run: just hash it again
             final.replace(part)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(final.parent)
         for attempt in range(1, max(1, attempts) + 1):
             try:
                 client.fetch(

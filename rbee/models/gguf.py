@@ -7,14 +7,23 @@ this reads the key/value header only, skipping the large arrays (the vocabulary)
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 
 from rbee.errors import ModelError
+from rbee.fsutil import open_regular
 
-__all__ = ["MLX_FILE_TYPES", "file_type_name", "kv_cache_bytes", "mlx_reads", "read_metadata"]
+__all__ = [
+    "MLX_FILE_TYPES",
+    "check_gguf",
+    "file_type_name",
+    "kv_cache_bytes",
+    "mlx_reads",
+    "read_metadata",
+]
 
 _MAGIC = b"GGUF"
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
@@ -64,7 +73,7 @@ def _value(f: IO[bytes], kind: int, path: Path, keep: bool) -> Any:
 def read_metadata(path: Path, keys: Collection[str] | None = None) -> dict[str, Any]:
     """The GGUF header's key/values (only `keys`, if given; arrays only when asked for by key)."""
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             if _read(f, 4, path) != _MAGIC:
                 raise ModelError(f"{path}: not a GGUF file (no GGUF magic at the start)")
             (version,) = struct.unpack("<I", _read(f, 4, path))
@@ -115,3 +124,77 @@ def kv_cache_bytes(path: Path, n_ctx: int) -> int:
         return 0
     kv = kv_heads or heads
     return 2 * layers * kv * (width // heads) * n_ctx * 2
+
+
+# ggml_type: (elements per block, bytes per block), from ggml.c's type traits. A tensor of a type
+# not listed is checked for where it starts only.
+_GGML_BLOCKS = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24),
+                8: (32, 34), 9: (32, 36), 10: (256, 84), 11: (256, 110), 12: (256, 144),
+                13: (256, 176), 14: (256, 210), 15: (256, 292), 24: (1, 1), 25: (1, 2),
+                26: (1, 4), 27: (1, 8), 28: (1, 8), 30: (1, 2)}  # fmt: skip
+_MAX_TENSORS = 1 << 20
+_MAX_KEYS = 1 << 20
+_MAX_DIMS = 8
+_ALIGNMENT = 32
+"""GGUF's default data alignment (`general.alignment` overrides it)."""
+
+
+def _tensor_bytes(kind: int, dims: tuple[int, ...]) -> int | None:
+    block = _GGML_BLOCKS.get(kind)
+    if block is None:
+        return None
+    count = 1
+    for d in dims:
+        count *= d
+    per_block, size = block
+    return -(-count // per_block) * size
+
+
+def check_gguf(path: Path) -> None:
+    """ModelError (naming the file and what is wrong, never the bytes) unless the whole GGUF
+    header reads and every tensor it lists lies inside the file.
+
+    A truncated download or copy otherwise passes import (the magic is there) and fails only
+    when a worker maps it, with llama.cpp's own message from a hive's log."""
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if _read(f, 4, path) != _MAGIC:
+                raise ModelError(f"{path}: not a GGUF file (no GGUF magic at the start)")
+            (version,) = struct.unpack("<I", _read(f, 4, path))
+            if version < 2:
+                raise ModelError(f"{path}: GGUF version {version} is too old; convert it again")
+            tensors, count = struct.unpack("<QQ", _read(f, 16, path))
+            if tensors > _MAX_TENSORS or count > _MAX_KEYS:
+                raise ModelError(
+                    f"{path}: the header claims {tensors} tensors and {count} keys; the file "
+                    "is damaged"
+                )
+            alignment = _ALIGNMENT
+            for _ in range(count):
+                key = _string(f, path)
+                (kind,) = struct.unpack("<I", _read(f, 4, path))
+                value = _value(f, kind, path, keep=key == "general.alignment")
+                if f.tell() > size:
+                    raise ModelError(f"{path}: truncated GGUF header (in the value of {key!r})")
+                if key == "general.alignment" and isinstance(value, int) and value > 0:
+                    alignment = value
+            layout = []
+            for _ in range(tensors):
+                name = _string(f, path)
+                (n_dims,) = struct.unpack("<I", _read(f, 4, path))
+                if n_dims > _MAX_DIMS:
+                    raise ModelError(f"{path}: tensor {name[:60]!r} has {n_dims} dimensions")
+                dims = struct.unpack(f"<{n_dims}Q", _read(f, 8 * n_dims, path))
+                kind, offset = struct.unpack("<IQ", _read(f, 12, path))
+                layout.append((name, kind, dims, offset))
+            start = -(-f.tell() // alignment) * alignment
+    except OSError as err:
+        raise ModelError(f"{path}: cannot read ({err.strerror or err})") from err
+    for name, kind, dims, offset in layout:
+        length = _tensor_bytes(kind, dims) or 0
+        if start + offset + length > size:
+            raise ModelError(
+                f"{path}: tensor {name[:60]!r} ends at byte {start + offset + length}, past the "
+                f"end of the file ({size} bytes): the file is truncated"
+            )

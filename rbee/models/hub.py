@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -39,8 +39,10 @@ from rbee.models.catalog import (
     validate_repo,
 )
 from rbee.models.transfer import CHUNK
+from rbee.net import is_loopback
 
 __all__ = [
+    "ALLOW_HTTP_VAR",
     "DEFAULT_ENDPOINT",
     "REVISION",
     "HubClient",
@@ -95,12 +97,28 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return repo, validate_relpath(file, where=f"hub repo {repo}")
 
 
+ALLOW_HTTP_VAR = "RBEE_HUB_ALLOW_HTTP"
+"""Set to 1 to download from a plain-http $HF_ENDPOINT that is not on this machine."""
+
+
 def hub_settings(env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
-    """The hub endpoint ($HF_ENDPOINT, default huggingface.co) and token ($HF_TOKEN, if set)."""
+    """The hub endpoint ($HF_ENDPOINT, default huggingface.co) and token ($HF_TOKEN, if set).
+
+    A plain-http endpoint is refused unless it is on this machine or $RBEE_HUB_ALLOW_HTTP=1: the
+    checksums rbee verifies come in the listing from that same endpoint, so whoever can alter the
+    files in transit can alter their checksums to match (and read the token)."""
     env = os.environ if env is None else env
     endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    shown = endpoint[:80] + ("..." if len(endpoint) > 80 else "")
     if not endpoint.startswith(("http://", "https://")):
-        raise ModelError(f"$HF_ENDPOINT must be an http(s) URL, got {endpoint!r}")
+        raise ModelError(f"$HF_ENDPOINT must be an http(s) URL, got {shown!r}")
+    host = urlsplit(endpoint).hostname or ""
+    if endpoint.startswith("http://") and not is_loopback(host) and env.get(ALLOW_HTTP_VAR) != "1":
+        raise ModelError(
+            f"$HF_ENDPOINT is plain http ({shown}): the checksums come from the same endpoint "
+            "as the files, so anyone on the way could change both; use https, or set "
+            f"${ALLOW_HTTP_VAR}=1 for a mirror on a network you trust"
+        )
     return endpoint, env.get("HF_TOKEN") or None
 
 
@@ -187,7 +205,22 @@ class HubClient:
             headers["authorization"] = f"Bearer {token}"
         # httpx drops the authorization header when a redirect leaves the endpoint's origin (the
         # hub sends LFS downloads to a CDN with signed URLs), so the token goes nowhere else.
-        self._http = httpx.Client(headers=headers, follow_redirects=True, timeout=_TIMEOUT)
+        self._http = httpx.Client(
+            headers=headers,
+            follow_redirects=True,
+            timeout=_TIMEOUT,
+            event_hooks={"response": [self._no_downgrade]},
+        )
+
+    def _no_downgrade(self, response: httpx.Response) -> None:
+        """Refuse a redirect from an https endpoint to plain http (a CDN URL the hub hands
+        out, or one an attacker does): the bytes would then come unauthenticated."""
+        if self.endpoint.startswith("https://") and response.request.url.scheme != "https":
+            raise ModelFetchError(
+                f"the hub at {self.endpoint} redirected to plain http "
+                f"({str(response.request.url.copy_with(query=None))[:80]}); refusing to download "
+                "over an unauthenticated connection"
+            )
 
     def __enter__(self) -> HubClient:
         return self
@@ -260,7 +293,8 @@ class HubClient:
             if not resumed:
                 have = 0
             on_size(have)
-            with part.open("ab" if resumed else "wb") as out:
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resumed else os.O_TRUNC)
+            with os.fdopen(os.open(part, flags, 0o600), "ab" if resumed else "wb") as out:
                 for chunk in response.iter_bytes(CHUNK):
                     out.write(chunk)
                     have += len(chunk)

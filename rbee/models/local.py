@@ -14,6 +14,7 @@ from rbee.errors import ChecksumError, ModelError
 from rbee.fsutil import atomic_writer
 from rbee.models.catalog import FOLDER_FORMATS, validate_format, validate_model_id, validate_relpath
 from rbee.models.detect import check_kind, detect_format
+from rbee.models.gguf import check_gguf
 from rbee.models.manifest import FileEntry, folder_digest
 from rbee.models.store import ModelStore, StoredModel, list_files
 from rbee.models.transfer import Progress, copy_hashing, no_progress
@@ -60,6 +61,8 @@ def import_path(
         raise ModelError(f"{path}: no such file or folder")
     fmt = validate_format(fmt) if fmt else detect_format(path)
     check_kind(path, fmt)
+    if fmt == "gguf":
+        check_gguf(path)  # a truncated file is refused here, not when a worker maps it
     store.check_free(model_id, fmt, replace=replace)
     listing = _listing(path, fmt)
     total = sum(src.stat().st_size for _, src in listing)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rbee.errors import ChecksumError, ModelError
-from rbee.fsutil import atomic_write_text, sha256_file
+from rbee.fsutil import atomic_write_text, private_dir, sha256_file
 from rbee.models.catalog import (
     FOLDER_FORMATS,
     validate_format,
@@ -157,7 +157,7 @@ class ModelStore:
         models/.locks/, so a model's own folder holds nothing but the model.
         """
         folder = self.root / _LOCKS
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         with (folder / f"{validate_model_id(model_id)}.{purpose}").open("a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -216,9 +216,7 @@ class ModelStore:
         if "/" in key:
             raise ModelError(f"staging key {key!r} must be one name")
         validate_relpath(key)
-        path = self.folder(model_id) / _STAGING / key
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return private_dir(self.folder(model_id) / _STAGING / key)
 
     def discard(self, staged: Path) -> None:
         """Remove a staging folder (a failed or refused transfer) and what holds nothing now."""
@@ -349,7 +347,7 @@ class ModelStore:
             # stat would leave the stamp unchanged. Only a file that has settled is stamped.
             return
         with contextlib.suppress(OSError):  # advisory: without it the next load hashes again
-            stamp_path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(stamp_path.parent)
             atomic_write_text(stamp_path, json.dumps(stamp, sort_keys=True) + "\n")
 
 

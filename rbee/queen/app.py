@@ -18,6 +18,7 @@ POST   /v1/workers                  {"model", "engine"?, "device"?, "ctx_size"?,
                                      "embeddings"?}
 DELETE /v1/workers/{id}             stop one worker
 POST   /v1/workers/{id}/restart     start one worker again
+GET    /openapi.json                this API as an OpenAPI 3.1 document (rbee.queen.openapi)
 
 Browsers on the origins of the `cors_origins` setting (none by default) may call every route:
 CORS preflights are answered before the API key is asked for; the requests themselves need it.
@@ -43,9 +44,7 @@ from starlette.routing import Route
 from rbee import __version__
 from rbee.api import responses
 from rbee.api.http import (
-    EXCEPTION_HANDLERS,
     AccessLogMiddleware,
-    ApiKeyMiddleware,
     parse_json,
     read_body,
 )
@@ -58,14 +57,21 @@ from rbee.api.openai import (
     parse_off_loop,
 )
 from rbee.api.worker_routes import worker_routes
+from rbee.config.keys import keys_path
 from rbee.errors import ApiError
 from rbee.models.catalog import CATALOG
+from rbee.net import is_loopback
 from rbee.queen.admin import QueenWorkers, admin_routes
+from rbee.queen.audit import AuditLog, audit_path
+from rbee.queen.auth import AuthMiddleware, principal_of
+from rbee.queen.dashboard import dashboard_routes
 from rbee.queen.job_ops import JOB_CHECKS, JOB_RUNNERS
 from rbee.queen.jobs_routes import job_routes
 from rbee.queen.metrics import take_snapshot
+from rbee.queen.openapi import openapi_routes
+from rbee.queen.policies import policy_routes
 from rbee.queen.service import LOCAL_HIVE, Queen
-from rbee.queen.shapes import key_refusal, shape_routes
+from rbee.queen.shapes import QUEEN_EXCEPTION_HANDLERS, key_refusal, shape_routes
 
 __all__ = ["create_app"]
 
@@ -87,6 +93,10 @@ def _queen(request: Request) -> Queen:
 
 
 async def health(request: Request) -> Response:
+    if principal_of(request.scope) is None:
+        # Liveness for anyone (a load balancer, `rbee queen start` waiting for it); the pid,
+        # hives, models and problems only for a caller the auth middleware let in.
+        return JSONResponse({"status": "ok"})
     queen = _queen(request)
     workers = [w for _, w in queen.workers()]
     problems = queen.problems()
@@ -282,8 +292,17 @@ def create_app(queen: Queen) -> Starlette:
                 allow_private_network=True,
             )
         )
-    if api_key:
-        middleware.append(Middleware(ApiKeyMiddleware, api_key=api_key, refusal=key_refusal))
+    # Keys, scopes, per-key limits and the audit log (rbee.queen.auth), inside CORS.
+    middleware.append(
+        Middleware(
+            AuthMiddleware,
+            keys_path=keys_path(queen.paths),
+            audit=AuditLog(audit_path(queen.paths)),
+            api_key=api_key,
+            loopback=is_loopback(queen.options.host),
+            refusal=key_refusal,
+        )
+    )
     app = Starlette(
         routes=[
             Route("/health", health),
@@ -306,9 +325,12 @@ def create_app(queen: Queen) -> Starlette:
             *worker_routes(),
             *admin_routes(),
             *job_routes(),
+            *policy_routes(),
+            *dashboard_routes(),
+            *openapi_routes(),
         ],
         middleware=middleware,
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=QUEEN_EXCEPTION_HANDLERS,
     )
     app.state.queen = queen
     app.state.first_listed = {}

@@ -26,10 +26,11 @@ from typing import Any
 
 import httpx
 
+from rbee.config.keys import keys_path, load_keys
 from rbee.config.limits import Limits
 from rbee.config.settings import Paths, Timeouts
 from rbee.errors import ConfigError, QueenError, QueenNotRunningError
-from rbee.fsutil import atomic_write_text
+from rbee.fsutil import atomic_write_text, open_private_log
 from rbee.net import bind_tcp, is_loopback, run_event_loop, uvicorn_server
 from rbee.proc import pid_alive
 from rbee.queen.app import create_app
@@ -50,12 +51,14 @@ log = logging.getLogger(__name__)
 _LOG_TAIL = 1500
 
 
-def check_exposure(options: QueenOptions) -> None:
-    """Refuse to listen off loopback without an API key."""
-    if not is_loopback(options.host) and not options.api_key:
+def check_exposure(options: QueenOptions, paths: Paths) -> None:
+    """Refuse to listen off loopback without an API key (the flag's, or one in the keys file);
+    a keys file the queen could not use stops it here, with the file and entry named."""
+    keys = load_keys(keys_path(paths))
+    if not is_loopback(options.host) and not options.api_key and not keys.entries:
         raise ConfigError(
             f"listening on {options.host} exposes the queen beyond this machine: set an API key "
-            "with --api-key or RBEE_API_KEY"
+            "with --api-key or RBEE_API_KEY, or add one with `rbee key add NAME`"
         )
 
 
@@ -67,7 +70,7 @@ def run_queen(
     on_ready: Callable[[str], None] | None = None,
 ) -> int:
     """Run the queen in this process until SIGINT/SIGTERM; return the exit code."""
-    check_exposure(options)
+    check_exposure(options, paths)
     sock = bind_tcp(options.host, options.port)
     port = sock.getsockname()[1]
     display_host = f"[{options.host}]" if ":" in options.host else options.host
@@ -172,18 +175,17 @@ def start_daemon(
     paths: Paths, options: QueenOptions, timeouts: Timeouts = Timeouts()
 ) -> QueenRecord:
     """Start `rbee queen run` detached and wait until it answers /health."""
-    check_exposure(options)
+    check_exposure(options, paths)
     running = read_record(paths)
     if running is not None:
         raise QueenError(f"a queen is already running (pid {running.pid}, {running.url})")
     # Say "port in use" now, not after the daemon has failed in the background.
     bind_tcp(options.host, options.port).close()
-    paths.logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = paths.logs_dir / "queen.log"
     env = dict(os.environ)
     if options.api_key:
         env["RBEE_API_KEY"] = options.api_key
-    with log_path.open("ab") as log_file:
+    with open_private_log(log_path) as log_file:
         proc = subprocess.Popen(
             queen_run_argv(paths, options),
             stdin=subprocess.DEVNULL,

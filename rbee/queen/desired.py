@@ -84,6 +84,18 @@ class DesiredState:
         state._hives.setdefault(local, {})
         return state
 
+    @classmethod
+    def read(cls, path: Path, local: str) -> DesiredState:
+        """The state saved at `path`, for a reader that must change nothing (`rbee sweep`): no
+        file is set aside and nothing is saved; OSError or ValueError if it cannot be read."""
+        state = cls(None, local)
+        try:
+            state._hives.update(_parse(json.loads(path.read_text())))
+        except (KeyError, TypeError, AttributeError, ApiError) as err:
+            raise ValueError(f"{path}: not a desired state ({err})") from err
+        state._hives.setdefault(local, {})
+        return state
+
     def hives(self) -> list[str]:
         """Every hive wanted, this machine's first."""
         return list(self._hives)

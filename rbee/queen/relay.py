@@ -49,7 +49,12 @@ from starlette.types import Receive, Scope, Send
 
 from rbee.api import sse
 from rbee.api.disconnect import wait_disconnect
-from rbee.api.http import DEADLINE_HEADER, ClosingStreamingResponse, request_deadline
+from rbee.api.http import (
+    DEADLINE_HEADER,
+    ClosingStreamingResponse,
+    request_deadline,
+    scrub_addresses,
+)
 from rbee.config.limits import DEFAULT_LIMITS, Limits
 from rbee.config.settings import Timeouts
 from rbee.errors import ApiError, ClientGoneError, DeadlineError, OverloadedError
@@ -65,6 +70,7 @@ __all__ = [
     "Unavailable",
     "WaitingStream",
     "error_of",
+    "failure",
 ]
 
 RELAYED_PER_HIVE = MAX_FORWARDED - 1
@@ -172,7 +178,7 @@ class RelayResponse(ClosingStreamingResponse):
             # RuntimeError: httpx's answer to reading a stream that abort() closed.
             if self._cut is None:
                 log.warning("stream from worker %s broke: %r", self._worker, err)
-                message = f"the stream from worker {self._worker} broke: {err!r}"
+                message = f"the stream from worker {self._worker} broke: {failure(err)}"
                 yield sse.encode(ApiError(502, message, type="server_error").body())
                 yield sse.DONE
                 return
@@ -256,6 +262,14 @@ class WaitingStream(ClosingStreamingResponse):
                         await answer.close()
             finally:
                 self._on_end()
+
+
+def failure(err: BaseException) -> str:
+    """What went wrong talking to a worker, for a client: the exception's type and text with
+    every internal address taken out (httpx and the socket layer name the URL or the
+    ('127.0.0.1', port) they failed on; the client gets the worker's id instead)."""
+    text = scrub_addresses(str(err))[:200]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def error_of(answer: Response) -> ApiError:
@@ -599,7 +613,9 @@ class Relay:
             )
         except httpx.HTTPError as err:
             raise ApiError(
-                502, f"worker {endpoint.id} failed: {err!r}", type="server_error"
+                502,
+                f"worker {endpoint.id} (hive {endpoint.hive}) failed: {failure(err)}",
+                type="server_error",
             ) from err
         finally:
             if not handed_over:

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +33,7 @@ from rbee.queen.fleet import Fleet
 from rbee.queen.jobs import JobManager
 from rbee.queen.local import LocalHive
 from rbee.queen.metrics import QueenMetrics
+from rbee.queen.policy_store import load_policies, policies_path
 from rbee.queen.reconcile import HiveHandle, Reconciler
 from rbee.queen.registry import LOCAL_HIVE, Registry
 from rbee.queen.relay import Relay, Unavailable
@@ -66,6 +67,11 @@ class Queen:
 
     def __init__(self, paths: Paths, options: QueenOptions, timeouts: Timeouts = Timeouts()):
         self.paths = paths
+        # Policies set through the API (`rbee apply`) are kept and win over rbee.toml's.
+        kept = load_policies(policies_path(paths.data_dir))
+        if kept:
+            limits = options.limits
+            options = replace(options, limits=replace(limits, models={**limits.models, **kept}))
         self.options = options
         self.timeouts = timeouts
         self.registry = Registry()
@@ -242,10 +248,17 @@ class Queen:
                                 device=spec.device, state="exited")  # fmt: skip
 
     async def restart_worker(self, worker_id: str) -> tuple[str, WorkerInfo]:
-        """Start a worker again now (ending a crash-loop) and wait until it serves."""
+        """Start a worker again now (ending a crash-loop) and wait until it serves. A wanted
+        worker its hive does not run (any more) is started afresh as the desired state has it:
+        what `rbee sweep --heal` asks for a worker it finds missing."""
         hive, local_id = self._split(worker_id)
         with self.reconciler.claim(hive, local_id):
-            return hive, await self.handle(hive).restart(local_id)
+            handle = self.handle(hive)
+            wanted = self.desired.get(hive, local_id)
+            running = {w.id for w in handle.workers() if w.state != "exited"}
+            if wanted is not None and not wanted.parked and local_id not in running:
+                return hive, await handle.start(wanted.spec, local_id)
+            return hive, await handle.restart(local_id)
 
     # -- what serves and what does not ---------------------------------------------------------
 

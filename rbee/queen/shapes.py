@@ -25,13 +25,28 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from rbee.api import anthropic, responses_api, sse
-from rbee.api.http import error_response, parse_json, read_body
+from rbee.api.http import (
+    EXCEPTION_HANDLERS,
+    error_response,
+    internal_error,
+    parse_json,
+    read_body,
+    scrub_addresses,
+)
 from rbee.api.openai import ChatRequest, parse_chat_request
 from rbee.errors import ApiError, RbeeError
 from rbee.queen.relay import error_of
 from rbee.queen.service import Queen
 
-__all__ = ["Check", "StreamShape", "event_error", "key_refusal", "map_stream", "shape_routes"]
+__all__ = [
+    "QUEEN_EXCEPTION_HANDLERS",
+    "Check",
+    "StreamShape",
+    "event_error",
+    "key_refusal",
+    "map_stream",
+    "shape_routes",
+]
 
 CHAT_PATH = "/v1/chat/completions"
 TOKENIZE_PATH = "/tokenize"
@@ -58,9 +73,28 @@ def _is_anthropic(path: str) -> bool:
 def _anthropic_error(err: RbeeError) -> Response:
     if not isinstance(err, ApiError):
         err = ApiError(500, str(err), type="server_error")
-    return JSONResponse(
-        anthropic.error_body(err), status_code=anthropic.error_status(err), headers=err.headers()
-    )
+    body = anthropic.error_body(err)
+    if err.status >= 500:  # as error_response does: no internal address in a server error
+        body["error"]["message"] = scrub_addresses(str(body["error"]["message"]))
+    return JSONResponse(body, status_code=anthropic.error_status(err), headers=err.headers())
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Under /v1/messages an Anthropic client parses only Anthropic's body, a bug's answer too.
+    if _is_anthropic(request.url.path):
+        return _anthropic_error(exc if isinstance(exc, RbeeError) else internal_error(request, exc))
+    handler = EXCEPTION_HANDLERS[RbeeError if isinstance(exc, RbeeError) else Exception]
+    response: Response = await handler(request, exc)
+    return response
+
+
+QUEEN_EXCEPTION_HANDLERS: dict[Any, Any] = {
+    **EXCEPTION_HANDLERS,
+    RbeeError: _unexpected,
+    Exception: _unexpected,
+}
+"""The queen's exception handlers: EXCEPTION_HANDLERS, with rbee's failures and bugs answered in
+Anthropic's body under /v1/messages (ApiErrors there are answered by its routes)."""
 
 
 def key_refusal(path: str, err: ApiError) -> Response:

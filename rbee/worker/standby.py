@@ -99,7 +99,7 @@ def wait_for_order(engine: str, parent_pid: int | None, run: Callable[[Sequence[
 
 def _become(order: Order) -> None:
     """Take the order's log as stdout and stderr, and its environment."""
-    fd = os.open(order.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(order.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # a log is private
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(fd, 1)
