@@ -21,7 +21,7 @@ __all__ = ["two_hives"]  # the fixture, imported so that pytest finds it here
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("RBEE_TEST_WHEELHOUSE", ROOT / ".cache" / "wheelhouse"))
-"""The wheelhouse tests/test_hive_install.py builds: only the first build on a machine pays."""
+"""The wheelhouse the install tests share: only the first build on a machine pays."""
 
 INVENTORY = """
 groups:
@@ -40,7 +40,9 @@ def test_apply_installs_starts_spawns_then_changes_nothing_then_follows_a_change
     two_hives: HiveSet, tmp_path: Path, model_cache: Path
 ) -> None:
     paths = make_paths(tmp_path, model_cache)
-    # The queen's install jobs find their wheels where the install tests left them.
+    # The queen's install jobs share the wheelhouse of the install tests: only the first build on
+    # a machine pays for pip (on a fresh clone this test may be that first one).
+    CACHE.mkdir(parents=True, exist_ok=True)
     (paths.data_dir / "wheelhouse").symlink_to(CACHE, target_is_directory=True)
     conf = two_hives.config
     inventory = write(tmp_path / "inventory.yaml", INVENTORY)
