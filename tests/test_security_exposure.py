@@ -6,10 +6,8 @@ the error bodies.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,9 +25,9 @@ from rbee.config.settings import Paths
 from rbee.errors import ApiError, ModelError, ModelFetchError, RbeeError
 from rbee.fsutil import atomic_write_text, open_private_log, private_dir
 from rbee.models.hub import ALLOW_HTTP_VAR, DEFAULT_ENDPOINT, HubClient, hub_settings
-from rbee.net import bind_tcp, uvicorn_server
 from tests import http
 from tests.conftest import MODEL, make_paths, rbee, running_queen
+from tests.http import serving
 
 KEY = "s3cret-key"
 
@@ -109,24 +107,6 @@ def test_queen_status_without_the_key_says_it_runs(keyed_queen: tuple[Paths, str
     assert "API key" in bare.stdout
     keyed = rbee(paths, "--queen", url, "--api-key", KEY, "queen", "status")
     assert "pid" in keyed.stdout
-
-
-@contextmanager
-def serving(app: Starlette) -> Iterator[str]:
-    sock = bind_tcp("127.0.0.1", 0)
-    server = uvicorn_server(app, graceful=1)
-    thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[sock]),))
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert server.started
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def test_server_errors_name_no_internal_address() -> None:

@@ -5,11 +5,6 @@ others on the same worker alone. A real queen with the real model; the catch-all
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -23,10 +18,10 @@ from rbee.api.http import EXCEPTION_HANDLERS
 from rbee.api.jsonbody import MAX_DEPTH, MAX_NUMBER_DIGITS
 from rbee.api.openai import MAX_MAX_TOKENS, MAX_MESSAGES
 from rbee.errors import WorkerError
-from rbee.net import bind_tcp, uvicorn_server
 from rbee.queen.shapes import QUEEN_EXCEPTION_HANDLERS
 from tests import http
 from tests.conftest import MODEL, RunningQueen
+from tests.http import serving
 
 
 def refused(response: httpx.Response, param: str | None, code: str | None = None) -> str:
@@ -162,24 +157,6 @@ def test_a_bad_request_leaves_a_stream_on_the_same_worker_alone(queen: RunningQu
     assert rest[-1] == "data: [DONE]"
     assert events + len(rest) > 3
     assert not any('"error"' in line for line in rest)
-
-
-@contextmanager
-def serving(app: Starlette) -> Iterator[str]:
-    sock = bind_tcp("127.0.0.1", 0)
-    server = uvicorn_server(app, graceful=1)
-    thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[sock]),))
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert server.started
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def test_a_bug_is_answered_in_openais_error_body_without_its_text() -> None:
