@@ -135,7 +135,7 @@ def hive_status(args: argparse.Namespace, paths: Paths) -> int:
     """Connect to the hives named (every hive when none is) at once; print their facts."""
     config = load_hives(hives_path(paths, args.hives))
     named = args.alias if isinstance(args.alias, list) else [args.alias]
-    hives = selected_hives(args, paths, named)
+    hives = selected_hives(args, paths, config, named)
     if not hives:
         emit(f"no hives in {config.path}")
         return 0

@@ -20,14 +20,17 @@ def fleet_files(args: argparse.Namespace, paths: Paths) -> tuple[HivesConfig, In
     return config, load_inventory(path, config, required=named)
 
 
-def selected_hives(args: argparse.Namespace, paths: Paths, aliases: list[str]) -> list[Hive]:
-    """The hives a command names by alias and `--group` (every hive when it names none)."""
+def selected_hives(
+    args: argparse.Namespace, paths: Paths, config: HivesConfig, aliases: list[str]
+) -> list[Hive]:
+    """The hives of `config` a command names by alias and `--group` (every hive when it names
+    none); the inventory is read only for groups, so a broken one never stops `rbee hive status
+    box`."""
     groups: list[str] = getattr(args, "group", None) or []
-    if not groups:  # no inventory needed: a broken one must not stop `rbee hive status box`
-        config = load_hives(hives_path(paths, args.hives))
+    if not groups:
         return [config.get(alias) for alias in aliases] if aliases else list(config.hives)
-    config, inventory = fleet_files(args, paths)
-    return select_hives(config, inventory, aliases, groups)
+    path, named = inventory_path(paths, getattr(args, "inventory", None))
+    return select_hives(config, load_inventory(path, config, required=named), aliases, groups)
 
 
 def hive_list(args: argparse.Namespace, paths: Paths) -> int:

@@ -40,7 +40,7 @@ def _config(args: argparse.Namespace, paths: Paths) -> tuple[HivesConfig | None,
     if not args.hives and not args.sweep_hives and not args.group and not path.exists():
         return None, []
     config = load_hives(path)
-    return config, [h.alias for h in selected_hives(args, paths, args.sweep_hives)]
+    return config, [h.alias for h in selected_hives(args, paths, config, args.sweep_hives)]
 
 
 def _cron_argv(args: argparse.Namespace, paths: Paths) -> list[str]:
