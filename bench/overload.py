@@ -248,6 +248,7 @@ class Servers:
     queen_pid: int
     worker_url: str
     llama_command: str
+    worker_headers: dict[str, str]
 
 
 @contextlib.contextmanager
@@ -259,6 +260,7 @@ def servers() -> Iterator[Servers]:
             queen_pid=pair.queen_pid,
             worker_url=str(pair.worker["url"]),
             llama_command=pair.llama_command,
+            worker_headers=pair.worker_headers,
         )
 
 
@@ -405,17 +407,17 @@ async def offer(url: str, rate: float, settings: Settings, seed: int) -> list[Re
     return records
 
 
-async def engine_time(worker_url: str) -> tuple[int, float]:
+async def engine_time(worker_url: str, headers: dict[str, str]) -> tuple[int, float]:
     """The worker's (requests served, seconds they spent on the engine) so far."""
-    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False, headers=headers) as client:
         stats = (await client.get(f"{worker_url}/health")).json()["stats"]
     return int(stats["served"]), float(stats["service_s"])
 
 
-async def wait_idle_rbee(worker_url: str) -> float:
+async def wait_idle_rbee(worker_url: str, headers: dict[str, str]) -> float:
     """Wait until the worker has nothing active or queued; return the seconds waited."""
     started = time.monotonic()
-    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False, headers=headers) as client:
         while time.monotonic() - started < IDLE_TIMEOUT:
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 stats = (await client.get(f"{worker_url}/health")).json().get("stats", {})
@@ -456,12 +458,12 @@ async def run_load(running: Servers, run: Run) -> None:
             progress(f"{LABELS[name]}: {k}x = {rate:.2f} req/s for {settings.duration:.0f}s")
             phase = Phase(rate=rate)
             if name == "rbee":
-                served, busy = await engine_time(running.worker_url)
+                served, busy = await engine_time(running.worker_url, running.worker_headers)
             phase.records = await offer(running.urls[name], rate, settings, SEED + k)
             if name == "rbee":
                 phase.queen_hwm_kb = peak_rss_kb(running.queen_pid)
-                phase.idle_wait = await wait_idle_rbee(running.worker_url)
-                served_now, busy_now = await engine_time(running.worker_url)
+                phase.idle_wait = await wait_idle_rbee(running.worker_url, running.worker_headers)
+                served_now, busy_now = await engine_time(running.worker_url, running.worker_headers)
                 if served_now > served:
                     phase.service = (busy_now - busy) / (served_now - served)
             else:

@@ -62,6 +62,7 @@ import httpx
 from benchdoc import run_main, write_section
 
 import rbee
+from rbee.api.hop import hop_headers, read_token_file, token_path
 from rbee.models.catalog import DEFAULT_MODEL_ID
 from rbee.models.sources import ensure_model
 from rbee.models.store import ModelStore
@@ -117,6 +118,8 @@ class Target:
 
     name: str
     url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    """What it asks of a caller: a worker asks for its hive's secret (rbee.api.hop)."""
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,9 @@ class Pair:
     worker: dict[str, Any]
     llama_command: str
     """llama_cpp.server's command line, as the result tables show it."""
+    worker_headers: dict[str, str]
+    """What the worker asks of a caller besides the queen: its hive's secret (rbee.api.hop),
+    which the queen's hive keeps in a file for its own user."""
 
 
 @contextlib.contextmanager
@@ -368,6 +374,7 @@ def rbee_and_llama(queen_argv: Callable[[Path, int], list[str]], prefix: str) ->
             queen_pid=queen.pid,
             worker=worker,
             llama_command=shlex.join(["python", *llama_cmd[1:]]).replace(str(ROOT) + "/", ""),
+            worker_headers=hop_headers(read_token_file(token_path(data / "run", "localhost"))),
         )
         finished = True
     finally:
@@ -390,7 +397,7 @@ def servers() -> Iterator[Servers]:
     with rbee_and_llama(queen_argv, "rbee-bench-") as pair:
         yield Servers(
             targets={
-                "direct": Target("direct", str(pair.worker["url"])),
+                "direct": Target("direct", str(pair.worker["url"]), pair.worker_headers),
                 "queen": Target("queen", pair.queen_url),
                 "llama": Target("llama", pair.llama_url),
             },
@@ -462,7 +469,8 @@ async def measure_one(client: httpx.AsyncClient, target: Target, body: dict[str,
     usage_tokens: int | None = None
     async with asyncio.timeout(REQUEST_TIMEOUT):
         sent = time.perf_counter()
-        async with client.stream("POST", f"{target.url}/v1/chat/completions", json=body) as resp:
+        url = f"{target.url}/v1/chat/completions"
+        async with client.stream("POST", url, json=body, headers=target.headers) as resp:
             if resp.status_code != 200:
                 detail = (await resp.aread()).decode(errors="replace")[:300]
                 raise RuntimeError(f"HTTP {resp.status_code}: {detail}")

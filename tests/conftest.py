@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rbee.api.hop import hop_headers, read_token_file, token_path
 from rbee.config.settings import Paths
 from rbee.models.catalog import DEFAULT_MODEL_ID
 from rbee.models.sources import ensure_model
@@ -101,6 +102,19 @@ class RunningQueen:
         """The queen's worker list."""
         data: list[dict[str, object]] = http.get(f"{self.url}/v1/workers").json()["data"]
         return data
+
+    @property
+    def hop_token(self) -> str:
+        """The hop secret its local workers ask for, from the file the queen's hive keeps for
+        its user (rbee.api.hop)."""
+        token = read_token_file(token_path(self.paths.run_dir, "localhost"))
+        assert token is not None, "the queen's hive keeps no secret file"
+        return token
+
+    @property
+    def hop_headers(self) -> dict[str, str]:
+        """The headers a test sends to one of its local workers directly."""
+        return hop_headers(self.hop_token)
 
 
 def wait_until(predicate: object, timeout: float, what: str) -> None:

@@ -264,10 +264,12 @@ def client(fleet: RunningQueen) -> Iterator[openai.OpenAI]:
 @pytest.mark.slow
 def test_the_workers_report_their_capability(fleet: RunningQueen) -> None:
     assert sorted(bool(w["embeddings"]) for w in fleet.workers()) == [False, True]
-    health = http.get(f"{_worker_url(fleet, embeddings=True)}/health").json()
+    hop = fleet.hop_headers
+    health = http.get(f"{_worker_url(fleet, embeddings=True)}/health", headers=hop).json()
     assert health["embeddings"] is True
     assert health["context_length"] == 1024
-    assert http.get(f"{_worker_url(fleet, embeddings=False)}/health").json()["embeddings"] is False
+    plain = http.get(f"{_worker_url(fleet, embeddings=False)}/health", headers=hop).json()
+    assert plain["embeddings"] is False
 
 
 @pytest.mark.slow
@@ -396,7 +398,10 @@ def test_the_queen_routes_each_request_to_a_capable_worker(client: openai.OpenAI
 @pytest.mark.slow
 def test_each_worker_refuses_the_other_kind(fleet: RunningQueen) -> None:
     with openai.OpenAI(
-        base_url=f"{_worker_url(fleet, embeddings=True)}/v1", api_key="unused", max_retries=0
+        # The hive's secret is what a worker asks for, as a bearer token (rbee.api.hop).
+        base_url=f"{_worker_url(fleet, embeddings=True)}/v1",
+        api_key=fleet.hop_token,
+        max_retries=0,
     ) as embedder:
         with pytest.raises(openai.BadRequestError) as caught:
             embedder.chat.completions.create(
@@ -407,7 +412,9 @@ def test_each_worker_refuses_the_other_kind(fleet: RunningQueen) -> None:
             embedder.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
         assert len(embedder.embeddings.create(model=MODEL, input="Hi").data) == 1
     with openai.OpenAI(
-        base_url=f"{_worker_url(fleet, embeddings=False)}/v1", api_key="unused", max_retries=0
+        base_url=f"{_worker_url(fleet, embeddings=False)}/v1",
+        api_key=fleet.hop_token,
+        max_retries=0,
     ) as chat:
         with pytest.raises(openai.BadRequestError) as caught:
             chat.embeddings.create(model=MODEL, input="Hi")

@@ -150,7 +150,8 @@ def test_a_bad_request_leaves_a_stream_on_the_same_worker_alone(queen: RunningQu
             assert post_raw(queen, path, raw).status_code == 400
             # The same bodies straight to the worker that is streaming: refused just as well.
             direct = http.post(f"{worker}/v1{path}", content=raw,
-                               headers={"content-type": "application/json"})  # fmt: skip
+                               headers={"content-type": "application/json",
+                                        **queen.hop_headers})  # fmt: skip
             assert direct.status_code == 400, direct.text
             assert set(direct.json()["error"]) == {"message", "type", "param", "code"}
         rest = [line for line in lines if line.startswith("data: ")]

@@ -210,10 +210,18 @@ class QueenClient:
 class AsyncApiClient:
     """An async client of one rbee API (the queen uses it for a hive, through its forward)."""
 
-    def __init__(self, url: str, *, name: str, timeouts: Timeouts = Timeouts()) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        timeouts: Timeouts = Timeouts(),
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self._http = httpx.AsyncClient(
             base_url=url,
+            headers=headers,
             timeout=httpx.Timeout(timeouts.worker_ready + 600, connect=timeouts.connect),
             trust_env=False,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from rbee.config.settings import Paths
+from rbee.errors import ConfigError
 
 __all__ = ["hive_run", "worker_run", "worker_standby"]
 
@@ -39,7 +40,12 @@ def worker_standby(args: argparse.Namespace, paths: Paths) -> int:
 
 def hive_run(args: argparse.Namespace, paths: Paths) -> int:
     """One hive in the foreground (what the queen starts over SSH)."""
+    from rbee.api.hop import token_path  # noqa: PLC0415 - see module doc
     from rbee.hive.daemon import HiveOptions, run_hive  # noqa: PLC0415 - see module doc
 
+    try:
+        token_path(paths.run_dir, args.name)  # the name names its secret's file
+    except ValueError as err:
+        raise ConfigError(f"--name: {err}") from None
     options = HiveOptions(name=args.name, port=args.port, lease=args.lease, standby=args.standby)
     return run_hive(paths, options)

@@ -16,11 +16,13 @@ import os
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee import __version__
+from rbee.api.hop import HopAuthMiddleware
 from rbee.api.http import EXCEPTION_HANDLERS
 from rbee.api.worker_routes import worker_routes
 from rbee.api.workers import parse_worker_spec, validate_worker_id
@@ -85,10 +87,11 @@ async def models(request: Request) -> Response:
 
 
 def create_app(hive: HiveService) -> Starlette:
-    """The hive app over a running HiveService."""
+    """The hive app over a running HiveService; every request must carry its hop secret."""
     app = Starlette(
         routes=[Route("/health", health), Route("/v1/models", models), *worker_routes()],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(HopAuthMiddleware, token=hive.token)],
     )
     app.state.hive = hive
     app.state.worker_admin = HiveWorkers(hive)

@@ -5,8 +5,9 @@ its stdin every few seconds. The hive stops (its workers first, TERM then KILL) 
 happens: SIGHUP (the PTY hung up: the SSH connection closed), EOF on stdin (the channel closed),
 no heartbeat within the lease (the network went silent, which sshd may not notice for minutes),
 SIGTERM or SIGINT. Once its port is open it prints one JSON line, `{"event": "ready", "port": N,
-"pid": P}`, on stdout, and then one line `{"event": "worker", "worker": {...}}` whenever a
-worker's state changes (started, ready, crashed, restarting, crash-loop, stopped).
+"pid": P, "token": SECRET}`, on stdout (SECRET: what its API and its workers ask of every caller,
+rbee.api.hop), and then one line `{"event": "worker", "worker": {...}}` whenever a worker's state
+changes (started, ready, crashed, restarting, crash-loop, stopped).
 
 The lease is a promise: everything the hive started is gone within LEASE seconds of the last
 heartbeat. So the hive starts stopping `STOP_BUDGET` seconds before the lease ends, and on a lapsed
@@ -76,7 +77,7 @@ async def _serve(
     ) as hive:
         server = uvicorn_server(create_app(hive), graceful=timeouts.stop_grace)
         async with asyncio.TaskGroup() as tg:
-            side_tasks = [tg.create_task(_announce_ready(server, sock))]
+            side_tasks = [tg.create_task(_announce_ready(server, sock, hive.token))]
             if options.lease > 0:
                 side_tasks.append(tg.create_task(_hold_lease(server, hive, options.lease)))
             await server.serve(sockets=[sock])
@@ -88,11 +89,12 @@ async def _serve(
     return 0
 
 
-async def _announce_ready(server: Server, sock: socket.socket) -> None:
+async def _announce_ready(server: Server, sock: socket.socket, token: str) -> None:
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for "started"
         await asyncio.sleep(0.005)
     port = sock.getsockname()[1]
-    _say({"event": "ready", "port": port, "pid": os.getpid()})
+    # The hop secret goes to the queen on the SSH session it holds, and nowhere else.
+    _say({"event": "ready", "port": port, "pid": os.getpid(), "token": token})
     log.info("hive serving on 127.0.0.1:%d", port)
 
 

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +52,14 @@ class Launched:
 
 
 async def launch(
-    argv_for: Callable[[int, int], list[str]], log_path: Path, *, standby: bool = False
+    argv_for: Callable[[int, int], list[str]],
+    log_path: Path,
+    *,
+    standby: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> Launched:
     """Start `argv_for(ready_fd, lifeline_fd)` as a worker process (or a standby: its stdin a
-    pipe for the order); OSError if it cannot be started."""
+    pipe for the order), with `env` (None: this process's); OSError if it cannot be started."""
     ready_r, ready_w = os.pipe()
     life_r, life_w = os.pipe()
     os.set_inheritable(life_w, False)
@@ -70,6 +74,7 @@ async def launch(
                 stderr=asyncio.subprocess.STDOUT,
                 pass_fds=(ready_w, life_r),
                 start_new_session=True,
+                env=None if env is None else dict(env),
             )
     except OSError:
         os.close(life_w)

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from types import TracebackType
 
+from rbee.api.hop import new_hop_token, remove_token_file, token_path, write_token_file
 from rbee.api.workers import WorkerInfo, WorkerSpec
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.factory import check_memory, memory_need
@@ -51,12 +52,22 @@ class HiveService:
         self.name = name
         self.paths = paths
         self.store = ModelStore(paths.models_dir)
-        self.supervisor = Supervisor(paths, timeouts, on_change=on_change, standby=standby)
+        self.token = new_hop_token()
+        """The hop secret (rbee.api.hop): this hive's API and its workers' ask for it."""
+        self.token_file = token_path(paths.run_dir, name)
+        self.supervisor = Supervisor(
+            paths, timeouts, on_change=on_change, standby=standby, token=self.token
+        )
         self._facts: Facts | None = None
         self._reading: asyncio.Future[Facts] | None = None
 
     async def __aenter__(self) -> HiveService:
-        await self.supervisor.__aenter__()
+        write_token_file(self.token_file, self.token)
+        try:
+            await self.supervisor.__aenter__()
+        except BaseException:
+            remove_token_file(self.token_file, self.token)
+            raise
         # Read what the machine is now, in the background (a Python subprocess, about a quarter
         # of a second): the first placement, often a request waiting for its model, need not.
         self._read_facts()
@@ -83,7 +94,10 @@ class HiveService:
     ) -> None:
         if self._reading is not None and not self._reading.done():
             self._reading.cancel()
-        await self.supervisor.__aexit__(exc_type, exc, tb)
+        try:
+            await self.supervisor.__aexit__(exc_type, exc, tb)
+        finally:
+            remove_token_file(self.token_file, self.token)
 
     def workers(self) -> list[WorkerInfo]:
         """Every worker on this hive."""

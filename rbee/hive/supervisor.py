@@ -30,6 +30,7 @@ from typing import Literal
 
 import httpx
 
+from rbee.api.hop import HOP_ENV, hop_headers
 from rbee.api.workers import WorkerInfo, WorkerSpec, exit_description
 from rbee.config.settings import Paths, Timeouts
 from rbee.errors import RbeeError, WorkerError, WorkerExistsError, WorkerNotFoundError
@@ -120,8 +121,12 @@ class Supervisor:
         python: str | None = None,
         policy: RestartPolicy = RestartPolicy(),
         standby: bool = False,
+        token: str | None = None,
     ) -> None:
+        """`token`: the hop secret (rbee.api.hop) its workers ask of every caller; None starts
+        them asking for none (tests of the supervisor alone)."""
         self.paths = paths
+        self.token = token
         self.timeouts = timeouts
         self.policy = policy
         self._on_change = on_change
@@ -416,13 +421,13 @@ class Supervisor:
                 lambda s: Order(
                     tuple(argv_for(s.child_ready, s.child_lifeline)[3:]),  # after `python -m rbee`
                     str(log_path),
-                    dict(os.environ),
+                    self._worker_env(),
                 )
             )
         how = f" (the standby, pid {launched.proc.pid})" if launched is not None else ""
         if launched is None:
             try:
-                launched = await launch(argv_for, log_path)
+                launched = await launch(argv_for, log_path, env=self._worker_env())
             except OSError as err:
                 raise WorkerError(f"could not start worker {worker_id}: {err}") from err
         argv = argv_for(launched.child_ready, launched.child_lifeline)
@@ -474,6 +479,13 @@ class Supervisor:
             raise WorkerError(f"{where} sent a bad ready line {line!r}") from err
         return port
 
+    def _worker_env(self) -> dict[str, str]:
+        """A worker's environment: this process's, and the hop secret it is to ask for."""
+        env = dict(os.environ)
+        if self.token is not None:
+            env[HOP_ENV] = self.token
+        return env
+
     async def _serve(self, worker: _Worker) -> tuple[int, float]:
         """Watch a ready worker until its process ends; (exit code, seconds it lived)."""
         assert worker.proc is not None
@@ -495,7 +507,10 @@ class Supervisor:
         misses, since = 0, time.monotonic()
         timeout = httpx.Timeout(policy.probe_timeout)
         async with httpx.AsyncClient(
-            timeout=timeout, trust_env=False, verify=plain_http_only()
+            timeout=timeout,
+            trust_env=False,
+            verify=plain_http_only(),
+            headers=hop_headers(self.token),
         ) as client:
             while True:
                 await asyncio.sleep(policy.probe_interval)

@@ -331,7 +331,7 @@ class Autoloader:
         # No request may be routed to it from now on (nothing was awaited since it was found
         # idle, so none is on its way): the hive reports it stopping, then exited, soon after.
         stopping = dataclasses.replace(endpoint.info, state="stopping")
-        self._registry.update(endpoint.hive, stopping, endpoint.forward_url)
+        self._registry.update(endpoint.hive, stopping, endpoint.forward_url, endpoint.token)
         started = time.monotonic()
         with self._reconciler.claim(*wanted.key):
             try:

@@ -29,6 +29,8 @@ class Endpoint:
     info: WorkerInfo
     forward_url: str | None = None
     """For a worker on another machine: the local end of its SSH port forward."""
+    token: str | None = None
+    """Its hive's hop secret, which the worker asks of every caller (rbee.api.hop)."""
     outstanding: int = 0
     """Requests the queen has sent it that have not ended (queued there or generating)."""
     dispatched: int = 0
@@ -73,11 +75,18 @@ class Registry:
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._changed = asyncio.Event()
 
-    def update(self, hive: str, info: WorkerInfo, forward_url: str | None = None) -> None:
+    def update(
+        self,
+        hive: str,
+        info: WorkerInfo,
+        forward_url: str | None = None,
+        token: str | None = None,
+    ) -> None:
         """Record a worker's new state (an exited worker is forgotten).
 
         A worker on this machine is reached at its own port; one on another machine through
-        `forward_url`, which the hive's handle gives while the worker is ready (None otherwise).
+        `forward_url`, which the hive's handle gives while the worker is ready (None otherwise);
+        `token` is its hive's hop secret.
         """
         key = (hive, info.id)
         if info.state == "exited":
@@ -85,10 +94,13 @@ class Registry:
         else:
             current = self._endpoints.get(key)
             if current is None:
-                self._endpoints[key] = Endpoint(hive=hive, info=info, forward_url=forward_url)
+                self._endpoints[key] = Endpoint(
+                    hive=hive, info=info, forward_url=forward_url, token=token
+                )
             else:
                 current.info = info
                 current.forward_url = forward_url
+                current.token = token
         self._changed.set()
         self._changed = asyncio.Event()
 

@@ -49,6 +49,7 @@ from starlette.types import Receive, Scope, Send
 
 from rbee.api import sse
 from rbee.api.disconnect import wait_disconnect
+from rbee.api.hop import hop_headers
 from rbee.api.http import (
     DEADLINE_HEADER,
     ClosingStreamingResponse,
@@ -569,7 +570,11 @@ class Relay:
             "POST",
             endpoint.url + trip.path,
             content=trip.raw,
-            headers={"content-type": "application/json", DEADLINE_HEADER: f"{left:.3f}"},
+            headers={
+                "content-type": "application/json",
+                DEADLINE_HEADER: f"{left:.3f}",
+                **hop_headers(endpoint.token),
+            },
             timeout=httpx.Timeout(left, connect=self.timeouts.connect),
         )
         try:
@@ -685,7 +690,9 @@ class Relay:
         """A worker's /health, over the connections the relay already uses to reach it; None if
         it does not answer within 2 s."""
         try:
-            response = await self._client_for(endpoint).get(endpoint.url + "/health", timeout=2.0)
+            response = await self._client_for(endpoint).get(
+                endpoint.url + "/health", timeout=2.0, headers=hop_headers(endpoint.token)
+            )
             body = response.json()
         except (httpx.HTTPError, ValueError):
             return None

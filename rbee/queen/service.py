@@ -120,12 +120,14 @@ class Queen:
         self._stack: contextlib.AsyncExitStack | None = None
 
     def _on_local_change(self, info: WorkerInfo) -> None:
-        self.registry.update(LOCAL_HIVE, info)
+        self.registry.update(LOCAL_HIVE, info, token=self.hive.token)
         if info.state == "exited":
             self.reconciler.wake()
 
-    def _on_remote_change(self, hive: str, info: WorkerInfo, url: str | None) -> None:
-        self.registry.update(hive, info, url)
+    def _on_remote_change(
+        self, hive: str, info: WorkerInfo, url: str | None, token: str | None
+    ) -> None:
+        self.registry.update(hive, info, url, token)
         if info.state == "exited" or self.desired.get(hive, info.id) is None:
             self.reconciler.wake()
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import posixpath
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 import asyncssh
 
 from rbee import __version__
+from rbee.api.hop import hop_headers, token_path
 from rbee.config.hives import Hive, HivesConfig
 from rbee.config.settings import Paths
 from rbee.errors import RbeeError, SshError
@@ -75,21 +77,37 @@ def sweep_lock(state_dir: Path) -> Iterator[None]:
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
+async def _hop_token(conn: HiveConnection, alias: str, data_dir: str) -> str | None:
+    """The hive's hop secret (rbee.api.hop), read from its file over SSH as its own user; None
+    when it cannot be read (a hive of an older rbee asks for none)."""
+    if not data_dir:
+        return None
+    path = posixpath.join(data_dir, "run", token_path(Path("."), alias).name)
+    result = await conn.run(["cat", path], time_limit=10.0)
+    return result.stdout.strip() or None if result.exit_status == 0 else None
+
+
 async def _probe_workers(
-    conn: HiveConnection, alias: str, queen: QueenView, t: Thresholds
+    conn: HiveConnection, alias: str, data_dir: str, queen: QueenView, t: Thresholds
 ) -> list[Check]:
-    """One token through each worker the queen reports ready there, through an SSH forward."""
+    """One token through each worker the queen reports ready there, through an SSH forward,
+    with the hive's secret, which only the hive's own user can read."""
     import httpx  # noqa: PLC0415 - only --probe needs it here
 
     checks = []
-    for worker in queen.workers_on(alias):
-        port, wid = worker.get("port"), str(worker.get("id", "")).partition("@")[0]
-        if worker.get("state") != "ready" or not isinstance(port, int):
-            continue
+    ready = [
+        w for w in queen.workers_on(alias)
+        if w.get("state") == "ready" and isinstance(w.get("port"), int)
+    ]  # fmt: skip
+    token = await _hop_token(conn, alias, data_dir) if ready else None
+    for worker in ready:
+        port, wid = worker["port"], str(worker.get("id", "")).partition("@")[0]
         forward = await conn.forward(port)
         started = time.monotonic()
         try:
-            async with httpx.AsyncClient(timeout=t.probe_crit, trust_env=False) as client:
+            async with httpx.AsyncClient(
+                timeout=t.probe_crit, trust_env=False, headers=hop_headers(token)
+            ) as client:
                 body = {**_PROMPT, "model": worker.get("model")}
                 answer = await client.post(f"{forward.url}/v1/completions", json=body)
             took = time.monotonic() - started
@@ -154,7 +172,11 @@ async def _sweep_hives(
                         )  # as HiveConnection.of makes it, with the known_hosts read once
                         conn = await stack.enter_async_context(connection)
                         probe = await probe_hive(conn, hive.alias, hive.install_dir)
-                    extra = await _probe_workers(conn, hive.alias, queen, t) if sweep.probe else []
+                    extra = (
+                        await _probe_workers(conn, hive.alias, probe.data_dir, queen, t)
+                        if sweep.probe
+                        else []
+                    )
                     return probe, extra
             except TimeoutError:
                 return SshError(f"{hive.alias}: no answer within {t.timeout:g}s (--timeout)"), []

@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.api import responses, sse
 from rbee.api.disconnect import ClientGoneError, until_disconnect
+from rbee.api.hop import HopAuthMiddleware
 from rbee.api.http import (
     EXCEPTION_HANDLERS,
     ClosingStreamingResponse,
@@ -54,8 +56,9 @@ QUEUED_HEADER = "X-Rbee-Queued-Ms"
 takes it, so a queued stream shows nothing until then."""
 
 
-def create_app(runner: EngineRunner, model_id: str) -> Starlette:
-    """The worker app serving `model_id` through `runner`."""
+def create_app(runner: EngineRunner, model_id: str, *, token: str | None = None) -> Starlette:
+    """The worker app serving `model_id` through `runner`; with `token` (the hive's hop secret),
+    every request must carry it."""
     started = int(time.time())
     embedder = embedder_of(runner.engine)
 
@@ -183,6 +186,7 @@ def create_app(runner: EngineRunner, model_id: str) -> Starlette:
             _tokenize_route(runner, model_id, check_model),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(HopAuthMiddleware, token=token)] if token else [],
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from rbee.api.hop import HOP_ENV, take_env_token
 from rbee.api.workers import WorkerSpec
 from rbee.config.settings import Paths, Timeouts
 from rbee.engines.base import Engine
@@ -119,10 +120,14 @@ def run_worker(paths: Paths, options: WorkerOptions, timeouts: Timeouts = Timeou
         arm_parent_death_signal(options.parent_pid)
     set_process_name(WORKER_NAME)
     lower_session_priority(SESSION_NICENESS)
+    token = take_env_token()  # before the engine starts anything that would inherit it
+    if token is None:
+        log.warning("started without a hive's secret (%s): this worker's API asks for none; "
+                    "anyone on this machine may use it", HOP_ENV)  # fmt: skip
     engine = build_engine(paths, options)
     sock = bind_tcp(options.host, options.port)
     try:
-        run_event_loop(_serve(engine, options, sock, timeouts))
+        run_event_loop(_serve(engine, options, sock, timeouts, token))
     finally:
         sock.close()
         engine.close()
@@ -137,7 +142,11 @@ def _arm_exit_watchdog(seconds: float) -> None:
 
 
 async def _serve(
-    engine: Engine, options: WorkerOptions, sock: socket.socket, timeouts: Timeouts
+    engine: Engine,
+    options: WorkerOptions,
+    sock: socket.socket,
+    timeouts: Timeouts,
+    token: str | None,
 ) -> None:
     admission = Admission(
         max_queued=options.max_queued,
@@ -145,7 +154,8 @@ async def _serve(
     )
     async with EngineRunner(engine, admission=admission) as runner:
         await warm_up(runner, options.model)
-        server = uvicorn_server(create_app(runner, options.model), graceful=timeouts.stop_grace)
+        app = create_app(runner, options.model, token=token)
+        server = uvicorn_server(app, graceful=timeouts.stop_grace)
 
         def stop() -> None:
             log.info("lifeline closed: the hive is gone, stopping")

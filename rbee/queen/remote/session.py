@@ -244,9 +244,9 @@ class RemoteHive:
 
     async def _serve(self, conn: HiveConnection, process: asyncssh.SSHClientProcess[str]) -> None:
         """From the hive's ready line until its process ends: forward, track, heartbeat."""
-        port, self.pid = await self._read_ready(process)
+        port, self.pid, token = await self._read_ready(process)
         forward = await conn.forward(port)
-        self.remote.attach(conn, forward.url)
+        self.remote.attach(conn, forward.url, token)
         try:
             self._facts = await self.remote.facts()
             async with asyncio.TaskGroup() as tg:
@@ -274,7 +274,10 @@ class RemoteHive:
                 "--lease", f"{self._lease:g}", "--name", self.name]  # fmt: skip
         return [*argv, "--standby"] if self._standby else argv
 
-    async def _read_ready(self, process: asyncssh.SSHClientProcess[str]) -> tuple[int, int]:
+    async def _read_ready(
+        self, process: asyncssh.SSHClientProcess[str]
+    ) -> tuple[int, int, str | None]:
+        """The hive's port, pid and hop secret, from its ready line."""
         self._output = []
         try:
             async with asyncio.timeout(self._timeouts.worker_ready):
@@ -287,7 +290,11 @@ class RemoteHive:
                     if event is None:
                         self._remember(line)
                     elif event.get("event") == "ready":
-                        return int(event["port"]), int(event["pid"])
+                        token = event.get("token")
+                        if token is not None and not isinstance(token, str):
+                            raise SshError(f"{self.name}: the hive sent a ready line with a "
+                                           "hop secret that is not text")  # fmt: skip
+                        return int(event["port"]), int(event["pid"]), token
         except TimeoutError:
             raise SshError(f"{self.name}: the hive was not ready in time: "
                            + " | ".join(self._output[-3:])) from None  # fmt: skip

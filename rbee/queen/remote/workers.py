@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rbee.api.client import AsyncApiClient
+from rbee.api.hop import hop_headers
 from rbee.api.workers import WorkerInfo, WorkerSpec, parse_worker_info
 from rbee.config.hives import Hive
 from rbee.config.settings import Timeouts
@@ -31,8 +32,9 @@ __all__ = ["OnChange", "RemoteWorkers"]
 
 log = logging.getLogger(__name__)
 
-OnChange = Callable[[str, WorkerInfo, str | None], None]
-"""(hive alias, the worker's new state, the local URL of its forward or None)."""
+OnChange = Callable[[str, WorkerInfo, str | None, str | None], None]
+"""(hive alias, the worker's new state, the local URL of its forward or None, the hive's hop
+secret that the worker asks for)."""
 
 
 class RemoteWorkers:
@@ -53,6 +55,8 @@ class RemoteWorkers:
         self._on_change = on_change
         self._conn: HiveConnection | None = None
         self._client: AsyncApiClient | None = None
+        self.token: str | None = None
+        """The hop secret of the hive's current session (rbee.api.hop)."""
         self._workers: dict[str, WorkerInfo] = {}
         self._forwards: dict[str, tuple[int, PortForward]] = {}
         """worker id -> (its port on the hive, the forward to it)"""
@@ -64,15 +68,20 @@ class RemoteWorkers:
 
     # -- the connection ------------------------------------------------------------------------
 
-    def attach(self, conn: HiveConnection, url: str) -> None:
-        """Use `conn` and the hive's HTTP API at `url` (its forward) from now on."""
+    def attach(self, conn: HiveConnection, url: str, token: str | None) -> None:
+        """Use `conn` and the hive's HTTP API at `url` (its forward), with the hop secret the
+        hive gave in its ready line, from now on."""
         self._conn = conn
-        self._client = AsyncApiClient(url, name=self.name, timeouts=self._timeouts)
+        self.token = token
+        self._client = AsyncApiClient(
+            url, name=self.name, timeouts=self._timeouts, headers=hop_headers(token)
+        )
         self._models_dir = None
 
     async def detach(self) -> None:
         """The connection is gone: forget every worker (they die with the hive's session)."""
         client, self._client, self._conn = self._client, None, None
+        self.token = None
         for worker_id, info in list(self._workers.items()):
             self._forget(worker_id, info)
         if client is not None:
@@ -118,7 +127,7 @@ class RemoteWorkers:
                 self._forwards[info.id] = (info.port, forward)
             url = forward.url if forward is not None else None
         if self._on_change is not None:
-            self._on_change(self.name, info, url)
+            self._on_change(self.name, info, url, self.token)
 
     def _forget(self, worker_id: str, info: WorkerInfo) -> None:
         self._workers.pop(worker_id, None)
@@ -126,7 +135,7 @@ class RemoteWorkers:
         if forward is not None:
             forward.close()
         if self._on_change is not None:
-            self._on_change(self.name, dataclasses.replace(info, state="exited"), None)
+            self._on_change(self.name, dataclasses.replace(info, state="exited"), None, None)
 
     # -- what the queen asks -------------------------------------------------------------------
 
