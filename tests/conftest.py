@@ -9,9 +9,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -115,6 +116,13 @@ class RunningQueen:
     def hop_headers(self) -> dict[str, str]:
         """The headers a test sends to one of its local workers directly."""
         return hop_headers(self.hop_token)
+
+    def worker_health(self, worker: Mapping[str, object]) -> dict[str, Any]:
+        """One of its local workers' own /health, asked directly (with the hop secret)."""
+        answer = http.get(f"{worker['url']}/health", headers=self.hop_headers)
+        assert answer.status_code == 200, answer.text
+        found: dict[str, Any] = answer.json()
+        return found
 
 
 def wait_until(predicate: object, timeout: float, what: str) -> None:

@@ -43,7 +43,7 @@ def worker(q: RunningQueen) -> dict[str, Any]:
 
 
 def stats(q: RunningQueen) -> dict[str, Any]:
-    found: dict[str, Any] = http.get(f"{worker(q)['url']}/health").json()["stats"]
+    found: dict[str, Any] = q.worker_health(worker(q))["stats"]
     return found
 
 
@@ -94,7 +94,9 @@ def test_a_full_worker_refuses_at_once_with_retry_after_and_admitted_ones_comple
                     assert int(refused.value.response.headers["retry-after"]) >= 1
                     assert took < 5, f"refused after {took:.1f}s: not at once"
             # The worker's own admission answers the same way (a client that bypasses the queen).
-            direct = http.post(f"{worker(q)['url']}/v1/chat/completions", json=SHORT)
+            direct = http.post(
+                f"{worker(q)['url']}/v1/chat/completions", json=SHORT, headers=q.hop_headers
+            )
             assert direct.status_code == 503, direct.text
             assert direct.json()["error"]["code"] == "server_overloaded"
             assert int(direct.headers["retry-after"]) >= 1

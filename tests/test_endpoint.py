@@ -312,7 +312,7 @@ def test_malformed_json_and_oversized_bodies(queen: RunningQueen) -> None:
 
 def test_bad_requests_never_reach_the_engine(queen: RunningQueen) -> None:
     worker = queen.workers()[0]
-    before = http.get(f"{worker['url']}/health").json()["stats"]["requests"]
+    before = queen.worker_health(worker)["stats"]["requests"]
     for body in (
         {"model": MODEL, "messages": MESSAGES, "n": 9},
         {"model": MODEL, "messages": MESSAGES, "temperature": -1},
@@ -321,7 +321,7 @@ def test_bad_requests_never_reach_the_engine(queen: RunningQueen) -> None:
         {"model": MODEL, "messages": MESSAGES, "logit_bias": {"49152": 1}},  # past the vocabulary
     ):
         assert http.post(f"{queen.base_url}/chat/completions", json=body).status_code in {400, 404}
-    after = http.get(f"{worker['url']}/health").json()["stats"]["requests"]
+    after = queen.worker_health(worker)["stats"]["requests"]
     assert after == before
 
 
@@ -333,7 +333,7 @@ def test_health_and_unknown_paths(queen: RunningQueen) -> None:
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "not_found"
     worker = queen.workers()[0]
-    wh = http.get(f"{worker['url']}/health").json()
+    wh = queen.worker_health(worker)
     assert (wh["role"], wh["model"], wh["engine"]) == ("worker", MODEL, "llamacpp")
 
 

@@ -217,10 +217,10 @@ def test_the_queen_refuses_bad_choice_and_logprob_fields_before_any_worker(
     queen: RunningQueen, path: str, extra: dict[str, object], param: str
 ) -> None:
     worker = queen.workers()[0]
-    before = http.get(f"{worker['url']}/health").json()["stats"]["requests"]
+    before = queen.worker_health(worker)["stats"]["requests"]
     body = {"model": MODEL, **extra}
     body.update({"messages": MESSAGES} if path.startswith("chat") else {"prompt": "Hi"})
     r = http.post(f"{queen.base_url}/{path}", json=body)
     assert r.status_code == 400
     assert r.json()["error"]["param"] == param
-    assert http.get(f"{worker['url']}/health").json()["stats"]["requests"] == before
+    assert queen.worker_health(worker)["stats"]["requests"] == before

@@ -57,7 +57,7 @@ def chat_answer(oai: openai.OpenAI, max_tokens: int) -> tuple[str, int, int]:
 
 def worker_requests(queen: RunningQueen) -> int:
     worker = queen.workers()[0]
-    requests: int = http.get(f"{worker['url']}/health").json()["stats"]["requests"]
+    requests: int = queen.worker_health(worker)["stats"]["requests"]
     return requests
 
 

@@ -79,7 +79,7 @@ def test_json_object_mode(client: openai.OpenAI) -> None:
 
 def test_an_unenforceable_schema_is_refused_by_the_queen(queen: RunningQueen) -> None:
     worker = queen.workers()[0]
-    before = http.get(f"{worker['url']}/health").json()["stats"]["requests"]
+    before = queen.worker_health(worker)["stats"]["requests"]
     schema = {
         "type": "object",
         "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}},
@@ -99,5 +99,5 @@ def test_an_unenforceable_schema_is_refused_by_the_queen(queen: RunningQueen) ->
         json={"model": MODEL, "prompt": "a", "response_format": {"type": "json_object"}},
     )
     assert (r.status_code, r.json()["error"]["param"]) == (400, "response_format")
-    after = http.get(f"{worker['url']}/health").json()["stats"]["requests"]
+    after = queen.worker_health(worker)["stats"]["requests"]
     assert after == before

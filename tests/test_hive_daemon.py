@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from rbee.api.hop import hop_headers
 from rbee.config.settings import Paths
 from rbee.hive.launch import STANDBY_DELAY
 from rbee.proc import pid_alive
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.slow
 class RunningHive:
     proc: subprocess.Popen[str]
     url: str
+    headers: dict[str, str]
+    """Its hop secret, from its ready line, as the queen sends it (rbee.api.hop)."""
 
     def heartbeat(self) -> None:
         assert self.proc.stdin is not None
@@ -50,7 +53,8 @@ def hive(paths: Paths, lease: float, *, standby: bool = False) -> Iterator[Runni
         assert proc.stdout is not None
         ready = json.loads(proc.stdout.readline())
         assert ready["event"] == "ready"
-        yield RunningHive(proc, f"http://127.0.0.1:{ready['port']}")
+        url = f"http://127.0.0.1:{ready['port']}"
+        yield RunningHive(proc, url, hop_headers(ready["token"]))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -64,7 +68,7 @@ def hive(paths: Paths, lease: float, *, standby: bool = False) -> Iterator[Runni
 
 
 def spawn(h: RunningHive) -> dict[str, object]:
-    r = http.post(f"{h.url}/v1/workers", json={"model": MODEL})
+    r = http.post(f"{h.url}/v1/workers", json={"model": MODEL}, headers=h.headers)
     assert r.status_code == 201, r.text
     worker: dict[str, object] = r.json()
     return worker
@@ -73,16 +77,18 @@ def spawn(h: RunningHive) -> dict[str, object]:
 def test_hive_api_and_lease(paths: Paths) -> None:
     # The lease must outlast a spawn and a first answer on a loaded 2-core machine.
     with hive(paths, lease=6) as h:
-        health = http.get(f"{h.url}/health").json()
+        assert http.get(f"{h.url}/health").status_code == 401  # without its secret
+        health = http.get(f"{h.url}/health", headers=h.headers).json()
         assert (health["role"], health["name"]) == ("hive", "test-hive")
         assert health["facts"]["cpu_count"] == os.cpu_count()
-        assert [m["id"] for m in http.get(f"{h.url}/v1/models").json()["data"]] == [MODEL]
+        models = http.get(f"{h.url}/v1/models", headers=h.headers).json()["data"]
+        assert [m["id"] for m in models] == [MODEL]
         h.heartbeat()
         worker = spawn(h)
         h.heartbeat()
         assert worker["state"] == "ready"
         assert worker["hive"] == "test-hive"
-        answer = http.post(f"{worker['url']}/v1/completions",
+        answer = http.post(f"{worker['url']}/v1/completions", headers=h.headers,
                            json={"model": MODEL, "prompt": "Hi", "max_tokens": 3})  # fmt: skip
         assert answer.status_code == 200
         # Heartbeats keep it alive past the lease...
@@ -163,16 +169,17 @@ def test_every_way_the_hive_stops_takes_its_workers(paths: Paths, how: str) -> N
 
 def test_bad_requests_to_the_hive(paths: Paths) -> None:
     with hive(paths, lease=0) as h:
-        r = http.post(f"{h.url}/v1/workers", json={"model": "../x"})
+        r = http.post(f"{h.url}/v1/workers", json={"model": "../x"}, headers=h.headers)
         assert r.status_code == 400
         assert "invalid model id" in r.json()["error"]["message"]
-        r = http.post(f"{h.url}/v1/workers", json={"model": "nope"})
+        r = http.post(f"{h.url}/v1/workers", json={"model": "nope"}, headers=h.headers)
         assert r.status_code == 404
         assert r.json()["error"]["code"] == "model_not_found"
-        r = http.post(f"{h.url}/v1/workers", json={"model": MODEL, "engine": "exllamav2"})
+        cuda_only = {"model": MODEL, "engine": "exllamav2"}
+        r = http.post(f"{h.url}/v1/workers", json=cuda_only, headers=h.headers)
         assert r.status_code == 400
         assert "runs on CUDA only" in r.json()["error"]["message"]
-        r = http.delete(f"{h.url}/v1/workers/nope")
+        r = http.delete(f"{h.url}/v1/workers/nope", headers=h.headers)
         assert r.status_code == 404
         assert r.json()["error"]["code"] == "worker_not_found"
         h.proc.send_signal(signal.SIGTERM)
@@ -202,7 +209,7 @@ def test_the_standby_becomes_the_worker_and_another_takes_its_place(paths: Paths
         assert worker["state"] == "ready"
         assert worker["pid"] == standby  # the standby itself runs the worker now
         assert comm(standby) == WORKER_NAME
-        answer = http.post(f"{worker['url']}/v1/completions",
+        answer = http.post(f"{worker['url']}/v1/completions", headers=h.headers,
                            json={"model": MODEL, "prompt": "Hi", "max_tokens": 3})  # fmt: skip
         assert answer.status_code == 200
         assert answer.json()["usage"]["completion_tokens"] == 3

@@ -34,7 +34,7 @@ COUNTING = {"model": MODEL, "prompt": "Count from 1 to 1000: 1, 2, 3, 4,", "temp
 
 def worker_stats(queen: RunningQueen) -> dict[str, object]:
     worker = queen.workers()[0]
-    stats: dict[str, object] = http.get(f"{worker['url']}/health").json()["stats"]
+    stats: dict[str, object] = queen.worker_health(worker)["stats"]
     return stats
 
 
