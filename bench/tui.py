@@ -3,12 +3,13 @@
 What is measured
     A queen (this checkout's, in a child process: rbee.queen.service.Queen and its app under
     uvicorn, as `rbee queen run` serves them) holds 50 stub workers: ready workers in its registry
-    and worker list whose /health (where a snapshot reads queue depth and token counts) is
-    answered by one small server in another process, so a worker costs the queen what a real one
-    would per snapshot (one HTTP round trip) and nothing else. Autoload is off (no standby).
-    Two fleets: **idle** (no request outstanding: the queen reuses each worker's figures and asks
-    again every 60 s) and **busy** (one request outstanding on each, as the registry counts them:
-    each one's /health is read every 2 s, 25 round trips a second, the worst case).
+    and worker list, whose address is one small server in another process that counts every
+    request it gets. A snapshot takes each worker's queue and token figures from the queen's own
+    counters (rbee.queen.ledger: the queen is its workers' only client), so the stub server
+    should get none: the table says how many it got. Autoload is off (no standby).
+    Two fleets: **idle** (no request outstanding) and **busy** (one request outstanding on each,
+    as the registry counts them, and 40 tokens a second relayed from each, as the relay counts
+    them: the worst case for a snapshot).
     Dashboards are the real `RbeeApp` (rbee.tui.app), each in its own process, headless
     (Textual's `run_async(headless=True)`: everything but writing to a terminal), polling
     `GET /v1/dashboard` once a second as `rbee tui` does.
@@ -70,18 +71,17 @@ WORKERS = 50
 COUNTS = (0, 1, 5)
 SETTLE = 5.0
 FLEET_NOTE = (
-    f"{WORKERS} stub workers, ready, their /health answered by one stub server in another "
-    "process. **idle**: no request outstanding (a snapshot reuses each one's figures, asking "
-    "again every 60 s); **busy**: one request outstanding on each (each one's /health read "
-    f"every 2 s: {WORKERS // 2} round trips a second, however many dashboards poll)"
+    f"{WORKERS} stub workers, ready, their address one stub server in another process that "
+    "counts the requests it gets. **idle**: no request outstanding; **busy**: one request "
+    "outstanding on each and 40 tokens a second counted from each, as the relay counts them"
 )
 LOAD_NOTE = "(the machine is shared: figures include waiting for a core)"
 HEADER = "\n".join(
     (
         "| fleet | dashboards | queen CPU (share of a core) | added per dashboard "
         "| each dashboard's own CPU | refreshes measured | fetch p50 / p99 (ms) | show p50 (ms) "
-        "| refresh p50 / p99 (ms) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| refresh p50 / p99 (ms) | worker requests in the window |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     )
 )
 
@@ -102,22 +102,27 @@ def cpu_seconds(pid: int) -> float:
 def serve_stubs(port: int) -> None:
     """The 50 workers' /health: one small server answering for all of them."""
     started = time.monotonic()
+    asked = [0]
+
+    async def count(request: Request) -> JSONResponse:
+        return JSONResponse({"asked": asked[0]})
 
     async def health(request: Request) -> JSONResponse:
+        asked[0] += 1
         tokens = int((time.monotonic() - started) * 40)
         stats = {"queued": 0, "active": 0, "served": tokens // 40, "generated_tokens": tokens,
                  "prompt_tokens": tokens, "rejected": 0}  # fmt: skip
         return JSONResponse({"status": "ok", "role": "worker", "stats": stats})
 
-    app = Starlette(routes=[Route("/health", health)])
+    app = Starlette(routes=[Route("/health", health), Route("/count", count)])
     sock = bind_tcp("127.0.0.1", port)
     run_event_loop(uvicorn_server(app, graceful=1).serve(sockets=[sock]))
 
 
 def serve_queen(port: int, data: Path, stub_port: int, busy: bool) -> None:
     """A queen whose worker list holds WORKERS stub workers beside its real (empty) local hive;
-    `busy`: each with a request outstanding, so each one's /health is read every 2 s
-    (the worst case: an idle worker's figures are reused)."""
+    `busy`: each with a request outstanding and 40 tokens a second counted from it, as the
+    relay counts them."""
     paths = Paths(config_dir=data / "config", data_dir=data / "data")
     options = QueenOptions(port=port, limits=dataclasses.replace(DEFAULT_LIMITS, autoload=False))
 
@@ -137,7 +142,19 @@ def serve_queen(port: int, data: Path, stub_port: int, busy: bool) -> None:
             real = queen.workers
             queen.workers = lambda: [*real(), *((LOCAL_HIVE, s) for s in stubs)]  # type: ignore[method-assign]
             server = uvicorn_server(create_app(queen), graceful=1)
-            await server.serve(sockets=[bind_tcp("127.0.0.1", port)])
+            relaying = [e for e in queen.registry.endpoints() if busy and e.outstanding]
+
+            async def relay_tokens() -> None:  # what the relay adds as a stream passes
+                while True:
+                    await asyncio.sleep(0.25)
+                    for e in relaying:
+                        e.tokens_out += 10
+
+            ticker = asyncio.ensure_future(relay_tokens())
+            try:
+                await server.serve(sockets=[bind_tcp("127.0.0.1", port)])
+            finally:
+                ticker.cancel()
 
     run_event_loop(run())
 
@@ -222,17 +239,26 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def measure(url: str, queen_pid: int, count: int, window: float, tmp: Path) -> dict[str, Any]:
-    """Queen CPU share over `window` s with `count` dashboards open; their own figures."""
+def asked(stub_url: str) -> int:
+    """Requests the stub workers' server has had so far."""
+    found: int = httpx.get(f"{stub_url}/count", timeout=10).json()["asked"]
+    return found
+
+
+def measure(
+    url: str, queen_pid: int, count: int, window: float, tmp: Path, stub_url: str
+) -> dict[str, Any]:
+    """Queen CPU share over `window` s with `count` dashboards open; their own figures; the
+    requests the workers got meanwhile."""
     outs = [tmp / f"dash-{count}-{i}.json" for i in range(count)]
     dashboards = [
         child("--dashboard", url, str(SETTLE + window), str(out), log=tmp / "dashboards.log")
         for out in outs
     ]
     time.sleep(SETTLE)
-    c0, t0 = cpu_seconds(queen_pid), time.monotonic()
+    a0, c0, t0 = asked(stub_url), cpu_seconds(queen_pid), time.monotonic()
     time.sleep(window)
-    c1, t1 = cpu_seconds(queen_pid), time.monotonic()
+    c1, t1, a1 = cpu_seconds(queen_pid), time.monotonic(), asked(stub_url)
     for d in dashboards:
         d.wait(60)
     reports = [json.loads(o.read_text()) for o in outs]
@@ -249,6 +275,7 @@ def measure(url: str, queen_pid: int, count: int, window: float, tmp: Path) -> d
         "show_p50": pct(shows, 0.5),
         "refresh_p50": pct(refreshes, 0.5),
         "refresh_p99": pct(refreshes, 0.99),
+        "worker_requests": a1 - a0,
     }
 
 
@@ -277,14 +304,15 @@ def _rows(results: list[dict[str, Any]], fleet: str) -> tuple[list[str], float, 
     rows = []
     for r in results:
         if not r["count"]:
-            rows.append(f"| {fleet} | 0 | {base * 100:.2f}% | — | — | — | — | — | — |")
+            rows.append(f"| {fleet} | 0 | {base * 100:.2f}% | — | — | — | — | — | — "
+                        f"| {r['worker_requests']} |")  # fmt: skip
             continue
         added = (r["queen_share"] - base) / r["count"]
         rows.append(
             f"| {fleet} | {r['count']} | {r['queen_share'] * 100:.2f}% | {added * 100:+.2f}% | "
             f"{r['dash_share'] * 100:.1f}% | {r['refreshes']} | "
             f"{ms(r['fetch_p50'])} / {ms(r['fetch_p99'])} | {ms(r['show_p50'])} | "
-            f"{ms(r['refresh_p50'])} / {ms(r['refresh_p99'])} |"
+            f"{ms(r['refresh_p50'])} / {ms(r['refresh_p99'])} | {r['worker_requests']} |"
         )
     one = results[1]["queen_share"] - base
     five = (results[2]["queen_share"] - base) / 5
@@ -339,9 +367,9 @@ Goal: each dashboard adds <= 1% of a core to the queen at 1 refresh/s. Idle flee
 **{verdict(idle_one, idle_five)}** (one dashboard adds {idle_one:.2f}%, five add {idle_five:.2f}%
 each). Busy fleet: **{verdict(busy_one, busy_five)}** (one adds {busy_one:.2f}%, five add
 {busy_five:.2f}% each). The snapshot is built at most once per 0.5 s and shared by every
-dashboard polling in that window, so five dashboards cost about what one does; what one costs
-on a busy fleet is the workers' /health round trips for their queue and token counters (25 a
-second for 50 busy workers), which the queen could count itself as it relays the tokens.
+dashboard polling in that window, so five dashboards cost about what one does. A worker's queue
+and token figures are the queen's own counts (it relays every request: every hop asks for the
+hive's secret), so a snapshot asks no worker anything, busy or idle (the last column).
 {END_MARK}
 """
 
@@ -372,7 +400,9 @@ def run_fleet(
         results = []
         for count in COUNTS:
             progress(f"{fleet} fleet: {count} dashboard(s), {window:.0f} s")
-            results.append(measure(url, queen.pid, count, window, tmp))
+            results.append(
+                measure(url, queen.pid, count, window, tmp, f"http://127.0.0.1:{stub_port}")
+            )
             progress(f"  queen {results[-1]['queen_share'] * 100:.2f}% of a core")
     finally:
         stop(queen)
@@ -407,6 +437,7 @@ def main() -> int:
         stub_port = free_port()
         stubs = child("--stubs", str(stub_port), log=tmp / "stubs.log")
         try:
+            wait_healthy(f"http://127.0.0.1:{stub_port}")
             for fleet in ("idle", "busy"):
                 fleets[fleet] = run_fleet(fleet, tmp, stub_port, args.window)
         finally:

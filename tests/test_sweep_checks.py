@@ -4,6 +4,8 @@ what `--heal` plans, the Nagios output and the textfile."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,14 @@ from rbee.queen.serving import Serving
 from rbee.sweep.expect import Expected
 from rbee.sweep.heal import plan
 from rbee.sweep.hive_checks import check_hive
-from rbee.sweep.memory import Memory, carried_over, changes
+from rbee.sweep.memory import (
+    Memory,
+    carried_over,
+    changes,
+    load_memory,
+    save_memory,
+    sweep_memory_path,
+)
 from rbee.sweep.options import thresholds_from
 from rbee.sweep.probe import parse_probe
 from rbee.sweep.queen_checks import check_queen
@@ -229,3 +238,19 @@ def test_flags_give_thresholds_and_usage_errors_exit_3(capsys: pytest.CaptureFix
             parser.parse_args(bad)
         assert exited.value.code == 3
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_the_memory_keeps_what_each_failed_check_said(tmp_path: Path) -> None:
+    memory = Memory(at="2026-12-07T05:00:00+00:00", status="CRITICAL",
+                    checks={"queen/up": "OK", "gpu1/reachable": "CRITICAL"},
+                    details={"gpu1/reachable": "gpu1: connection refused"})  # fmt: skip
+    save_memory(tmp_path, memory)
+    assert load_memory(tmp_path) == memory
+    # A memory an older rbee wrote has no details: it loads, with none.
+    raw = json.loads(sweep_memory_path(tmp_path).read_text())
+    del raw["details"]
+    sweep_memory_path(tmp_path).write_text(json.dumps(raw))
+    loaded = load_memory(tmp_path)
+    assert loaded is not None
+    assert loaded.details == {}
+    assert loaded.checks == memory.checks

@@ -178,6 +178,29 @@ async def test_the_dashboard_runs_a_real_fleet(
                 await pilot.press("3")
                 spark = app.query_one("#req-spark", Sparkline)
                 await until(pilot, lambda: max(spark.data or [0]) > 0, 5, "the sparkline")
+                # Each one is listed, newest first, with its worker, status and tokens.
+                await until(pilot, lambda: len(table(app, "recent-table")) == 4, 5, "the list")
+                recent = list(table(app, "recent-table").values())
+                assert {r[1] for r in recent} == {MODEL}
+                assert {r[2] for r in recent} <= {local, remote}
+                assert {r[3] for r in recent} == {"200"}
+                assert all(r[6].isdigit() and int(r[6]) > 0 for r in recent), recent
+                # A worker's figures are the queen's own counts (it asks no worker): the tokens
+                # it shows are those of the requests it lists.
+                async with httpx.AsyncClient(timeout=http.TIMEOUT) as web:
+                    snap = (await web.get(f"{queen.url}/v1/dashboard")).json()
+                listed: dict[str, int] = {}
+                for r in snap["recent"]:
+                    listed[r["worker"]] = listed.get(r["worker"], 0) + r["tokens"]
+                shown = {w["id"]: w["stats"]["generated_tokens"] for w in snap["workers"]
+                         if w["id"] in listed}  # fmt: skip
+                assert shown == listed, (shown, listed)
+                # The last sweep shows under the fleet (a real sweep of hive1, over SSH).
+                sweep = rbee(paths, "--hives", str(two_hives.config), "sweep", "--hive", "hive1")
+                said = ("OK", "WARNING", "CRITICAL", "UNKNOWN")[sweep.returncode]  # Nagios' codes
+                line = lambda: str(app.query_one("#sweep-line", Static).render())  # noqa: E731
+                await until(pilot, lambda: " ago: " in line(), 5, "the last sweep")
+                assert line().split(": ")[1].split()[0] == said, (line(), sweep.stdout)
                 if shot := os.environ.get("RBEE_TUI_SCREENSHOT"):  # the README's picture
                     await pilot.press("1")
                     await pilot.pause(0.5)

@@ -88,6 +88,23 @@ FLEET: dict[str, Any] = {
         {"model": "qwen2.5-7b", "worker": "qwen2.5-7b-1@gpu-box", "hive": "gpu-box",
          "requests": 1800, "errors": 3, "ttft_sum": 540.0, "ttft_count": 1797},
     ],
+    "recent": [
+        {"at": AT - 2, "model": "smollm2-135m", "worker": "smollm2-135m-1", "hive": "localhost",
+         "status": 200, "stream": True, "duration_ms": 840, "ttft_ms": 95, "tokens": 48},
+        {"at": AT - 5, "model": "qwen2.5-7b", "worker": "qwen2.5-7b-1@gpu-box",
+         "hive": "gpu-box", "status": 200, "stream": False, "duration_ms": 2300,
+         "ttft_ms": None, "tokens": 120},
+        {"at": AT - 9, "model": "qwen2.5-7b", "worker": "", "hive": "", "status": 503,
+         "stream": False, "duration_ms": 1, "ttft_ms": None, "tokens": None},
+        {"at": AT - 14, "model": "smollm2-135m", "worker": "smollm2-135m-2",
+         "hive": "localhost", "status": 499, "stream": True, "duration_ms": 12_000,
+         "ttft_ms": 102, "tokens": 380},
+    ],
+    "sweep": {"at": "2027-01-15T07:57:00+00:00", "status": "CRITICAL", "problems": [
+        {"target": "gpu-box", "check": "disk:models", "status": "WARNING",
+         "detail": "9.1G free (warning below 10G)"},
+        {"target": "mac", "check": "reachable", "status": "CRITICAL",
+         "detail": "connection refused"}]},
 }  # fmt: skip
 
 

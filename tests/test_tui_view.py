@@ -157,3 +157,42 @@ def test_a_reused_reading_counts_once_and_rates_use_its_own_time() -> None:
     assert rates.summary()["tok_per_s_now"] == 100.0
     rates.add({"at": 13.0, "workers": []})  # stopped: no rate any more
     assert rates.worker_tokens("w") is None
+
+
+def test_recent_requests_newest_first_with_unique_keys() -> None:
+    same = {"at": 100.0, "model": "m", "worker": "w1", "status": 200, "duration_ms": 40,
+            "ttft_ms": None, "tokens": 8}  # fmt: skip
+    snapshot = {"at": 130.0, "recent": [
+        {"at": 125.0, "model": "m", "worker": "w2@gpu", "status": 200, "duration_ms": 12_345,
+         "ttft_ms": 95, "tokens": 31},
+        {"at": 120.0, "model": "m", "worker": "", "status": 503, "duration_ms": 2,
+         "ttft_ms": None, "tokens": None},
+        same, same,  # two alike in one millisecond
+    ]}  # fmt: skip
+    rows = view.recent_rows(snapshot)
+    assert [r.cells for r in rows] == [
+        ("5s", "m", "w2@gpu", "200", "95ms", "12.3s", "31"),
+        ("10s", "m", "-", "503", "-", "2ms", "-"),
+        ("30s", "m", "w1", "200", "-", "40ms", "8"),
+        ("30s", "m", "w1", "200", "-", "40ms", "8"),
+    ]
+    assert len({r.key for r in rows}) == 4
+    assert [r.style for r in rows] == ["ok", "warning", "ok", "ok"]
+    assert view.recent_rows({"at": 1.0}) == []
+
+
+def test_the_last_sweep_in_one_line() -> None:
+    text, style = view.sweep_line({})
+    assert "none has run" in text
+    assert style == ""
+    at = "2026-12-07T05:00:00+00:00"
+    now = 1796619600.0 + 180  # three minutes after `at`
+    ok = view.sweep_line({"sweep": {"at": at, "status": "OK", "problems": []}}, now=now)
+    assert ok == ("sweep 3m ago: OK", "ok")
+    problems = [{"target": f"hive{i}", "check": "reachable", "status": "CRITICAL"}
+                for i in range(6)]  # fmt: skip
+    text, style = view.sweep_line({"sweep": {"at": at, "status": "CRITICAL",
+                                             "problems": problems}}, now=now)  # fmt: skip
+    assert text.startswith("sweep 3m ago: CRITICAL (hive0/reachable CRITICAL, ")
+    assert text.endswith(", +2 more)")
+    assert style == "error"

@@ -99,6 +99,7 @@ def _remember(
         queen_pid=report.queen.pid,
         vram_baseline={h.alias: h.vram_baseline for h in report.hives if h.vram_baseline},
         crash_loops_restarted={**(before.crash_loops_restarted if before else {}), **healed},
+        details={c.key: c.detail[:300] for c in report.checks if c.status.name != "OK"},
     )
 
 

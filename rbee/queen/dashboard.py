@@ -1,16 +1,19 @@
 """The dashboard's view of the queen: one snapshot of the whole fleet per call, and log tails.
 
-GET /v1/dashboard                   hives, workers (with their live counters), models, jobs and
-                                    request totals, all in one answer
+GET /v1/dashboard                   hives, workers (with their live counters), models, jobs,
+                                    request totals, the last requests and the last sweep, all in
+                                    one answer
 GET /v1/dashboard/log?worker=ID     the last lines of a worker's log (`hive=ALIAS`: a hive's;
                                     `localhost` is the queen's own); `lines` (200) at most 2000
 
 A dashboard polls the snapshot once a second, and several may be open; so the snapshot is built
 at most once per `MAX_AGE` and shared by every caller in that window (concurrent callers wait for
-the same build), which keeps the queen's cost flat in the number of dashboards. Building it asks
-every ready worker for its /health at once (as a metrics scrape does) and reads each remote
-hive's model store at most every `MODELS_MAX_AGE`. Request figures are totals since the queen
-started: the dashboard turns two snapshots into rates.
+the same build), which keeps the queen's cost flat in the number of dashboards. A worker's live
+figures (queue, requests served, tokens generated) are the queen's own counts: with every hop
+authenticated the queen is its workers' only client, so building a snapshot asks no worker
+anything (rbee.queen.ledger). It reads each remote hive's model store at most every
+`MODELS_MAX_AGE`, and the last sweep's memory when its file changed. Request figures are totals
+since the queen started: the dashboard turns two snapshots into rates.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from rbee.api.workers import WorkerInfo, validate_worker_id
 from rbee.errors import ApiError, RbeeError
 from rbee.queen.registry import LOCAL_HIVE, Endpoint
 from rbee.queen.service import Queen
+from rbee.sweep.memory import Memory, load_memory, sweep_memory_path
 
 __all__ = ["MAX_AGE", "Dashboard", "dashboard_routes", "read_tail"]
 
@@ -41,16 +45,10 @@ MAX_AGE = 0.5
 MODELS_MAX_AGE = 10.0
 """Seconds a hive's model list is reused (a remote one is a round trip over SSH; this
 machine's reads the store's manifests)."""
-STATS_MAX_AGE = 60.0
-"""Seconds an idle worker's /health stats are reused: they move only while it serves, which the
-queen sees (a worker that restarts is asked at once). Asking fifty idle workers every 10 s cost
-about 1% of a core."""
 FACTS_MAX_AGE = 5.0
 """Seconds this machine's facts are reused (reading free VRAM runs nvidia-smi)."""
-BUSY_STATS_AGE = 2.0
-"""Seconds a serving worker's stats are reused: each `stats` carries `at`, when it was read,
-so rates stay exact; fifty busy workers cost 25 round trips a second, however many
-dashboards poll."""
+RECENT_SHOWN = 50
+"""Requests listed (the newest)."""
 TAIL_BYTES = 256 * 1024
 """The most of a log's end read for a tail (its last lines are in there)."""
 MAX_LINES = 2000
@@ -135,12 +133,9 @@ class Dashboard:
         self._last: tuple[float, dict[str, Any]] | None = None
         self._building: asyncio.Future[dict[str, Any]] | None = None
         self._models: dict[str, tuple[float, list[dict[str, Any]], str | None]] = {}
-        self._stats: dict[str, tuple[float, int, int | None, bool, Mapping[str, Any] | None]] = {}
-        """Worker id → (asked at; its `dispatched`, pid and whether it had requests then; its
-        /health stats)."""
         self._facts: tuple[float, dict[str, Any] | None] | None = None
-        self.health_asked = 0
-        """Worker /health round trips so far."""
+        self._sweep: tuple[tuple[float, int] | None, dict[str, Any] | None] = (None, None)
+        """(the sweep memory file's mtime and size when read, what it said)."""
 
     async def snapshot(self) -> dict[str, Any]:
         """The fleet now (at most `max_age` old); concurrent callers share one build."""
@@ -179,7 +174,23 @@ class Dashboard:
             "models": models,
             "jobs": [job.to_json() for job in queen.jobs.jobs()],
             "requests": _request_totals(queen),
+            "recent": queen.relay.ledger.recent(RECENT_SHOWN),
+            "sweep": await self._last_sweep(),
         }
+
+    async def _last_sweep(self) -> dict[str, Any] | None:
+        """What the last `rbee sweep` with the default state dir found (None: none ran), read
+        again only when its file changed."""
+        path = sweep_memory_path(self.queen.paths.data_dir / "sweep")
+        try:
+            st = path.stat()
+            seen: tuple[float, int] | None = (st.st_mtime, st.st_size)
+        except OSError:
+            seen = None
+        if seen != self._sweep[0]:
+            memory = await asyncio.to_thread(load_memory, path.parent) if seen else None
+            self._sweep = (seen, None if memory is None else _sweep_json(memory))
+        return self._sweep[1]
 
     async def _hives(self) -> list[dict[str, Any]]:
         queen = self.queen
@@ -202,54 +213,10 @@ class Dashboard:
         hives.extend(queen.fleet.describe_unlaunchable())
         return hives
 
-    async def _worker_stats(self) -> dict[str, Mapping[str, Any] | None]:
-        """Each routable worker's /health `stats`, asked again only where they can have moved.
-
-        A worker's queue and token counters move only while the queen has requests on it: so
-        it is asked every BUSY_STATS_AGE while it has requests outstanding, once more after
-        (the one that ended meanwhile), when it was sent one since it was last asked or
-        restarted, and every STATS_MAX_AGE regardless. An idle fleet costs next to no round trip.
-        """
-        queen = self.queen
-        now = time.monotonic()
-        ask: list[Endpoint] = []
-        found: dict[str, Mapping[str, Any] | None] = {}
-        for e in queen.registry.endpoints():
-            if e.info.state != "ready" or (e.hive != LOCAL_HIVE and e.forward_url is None):
-                continue
-            cached = self._stats.get(e.id)
-            idle = not e.outstanding and cached is not None and not cached[3]
-            fresh = (
-                cached is not None
-                and cached[2] == e.info.pid
-                and (cached[1] == e.dispatched or not idle)
-                and now - cached[0] < (STATS_MAX_AGE if idle else BUSY_STATS_AGE)
-            )
-            if fresh:
-                assert cached is not None
-                found[e.id] = cached[4]
-            else:
-                ask.append(e)
-
-        async def one(e: Endpoint) -> None:
-            # Read before asking: a request sent or ended meanwhile makes the next snapshot ask.
-            dispatched, busy = e.dispatched, e.outstanding > 0
-            body = await queen.relay.worker_health(e)
-            stats = body.get("stats") if body is not None else None
-            stats = {**stats, "at": round(time.time(), 3)} if isinstance(stats, Mapping) else None
-            self._stats[e.id] = (now, dispatched, e.info.pid, busy, stats)
-            found[e.id] = stats
-
-        await asyncio.gather(*(one(e) for e in ask))
-        self.health_asked += len(ask)
-        for gone in self._stats.keys() - {e.id for e in queen.registry.endpoints()}:
-            del self._stats[gone]
-        return found
-
     async def _workers(self) -> list[dict[str, Any]]:
         queen = self.queen
         endpoints = {(e.hive, e.info.id): e for e in queen.registry.endpoints()}
-        stats = await self._worker_stats()
+        at = round(time.time(), 3)
         running = queen.workers()
         rss = await asyncio.to_thread(
             lambda: {(h, w.id): _rss(w.pid) for h, w in running if h == LOCAL_HIVE}
@@ -270,7 +237,7 @@ class Dashboard:
                     dispatched=endpoint.dispatched if endpoint else 0,
                     idle_s=round(endpoint.idle_for, 1) if endpoint else None,
                     parked=bool(wanted and wanted.parked),
-                    stats=stats.get(qid),
+                    stats=_live_stats(endpoint, at) if endpoint is not None else None,
                     rss=rss.get((hive, info.id)),
                 )
             )
@@ -356,16 +323,41 @@ def _worker_json(
     rss: int | None,
 ) -> dict[str, Any]:
     """One worker as the dashboard shows it (the fields of `GET /v1/workers`, then its live
-    counters from its /health: None where it did not answer)."""
+    counters: None where the queen cannot route to it)."""
     # WorkerInfo.to_json's shape, without dataclasses.asdict's deep copies (its fields are
     # plain values): fifty workers a second add up.
     out = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
     out.update(hive=hive, url=info.url)
     out.update(id=qid, outstanding=outstanding, dispatched=dispatched, idle_s=idle_s,
                parked=parked, rss=rss)  # fmt: skip
-    keys = ("queued", "active", "served", "generated_tokens", "prompt_tokens", "rejected", "at")
-    out["stats"] = {k: stats.get(k) for k in keys} if stats is not None else None
+    out["stats"] = dict(stats) if stats is not None else None
     return out
+
+
+def _live_stats(e: Endpoint, at: float) -> dict[str, Any] | None:
+    """A worker's live figures as the queen counts them (None while it cannot be routed to):
+    its requests in flight (one generates, the rest wait in its queue), those it answered in
+    full, and the tokens relayed from it; `at`: when they were read."""
+    if e.info.state != "ready" or (e.hive != LOCAL_HIVE and e.forward_url is None):
+        return None
+    return {
+        "queued": max(0, e.outstanding - 1),
+        "active": min(1, e.outstanding),
+        "served": e.served,
+        "generated_tokens": e.tokens_out,
+        "at": at,
+    }
+
+
+def _sweep_json(memory: Memory) -> dict[str, Any]:
+    """The last sweep as the dashboard shows it: when, its status, and each check not OK."""
+    problems = [
+        {"target": key.partition("/")[0], "check": key.partition("/")[2], "status": status,
+         "detail": memory.details.get(key, "")}
+        for key, status in sorted(memory.checks.items())
+        if status != "OK"
+    ]  # fmt: skip
+    return {"at": memory.at, "status": memory.status, "problems": problems}
 
 
 def _dashboard(request: Request) -> Dashboard:

@@ -36,6 +36,10 @@ class Endpoint:
     dispatched: int = 0
     last_active: float = field(default_factory=time.monotonic)
     """When it last ended a request (or was first seen): its idle time counts from here."""
+    served: int = 0
+    """Requests it answered in full through the queen (its only client: rbee.api.hop)."""
+    tokens_out: int = 0
+    """Tokens the queen relayed from it (rbee.queen.ledger says how they are counted)."""
     service_time: float = 0.0
     """Moving average of a request's time on it, queueing excluded (0: none measured yet)."""
 

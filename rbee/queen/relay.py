@@ -60,6 +60,7 @@ from rbee.config.limits import DEFAULT_LIMITS, Limits
 from rbee.config.settings import Timeouts
 from rbee.errors import ApiError, ClientGoneError, DeadlineError, OverloadedError
 from rbee.net import plain_http_only
+from rbee.queen.ledger import Answered, Ledger, completion_tokens
 from rbee.queen.metrics import QueenMetrics
 from rbee.queen.registry import Endpoint, Registry
 from rbee.ssh.connection import MAX_FORWARDED
@@ -307,6 +308,8 @@ class Relay:
         self.timeouts = timeouts
         self.limits = limits
         self.metrics = metrics or QueenMetrics()
+        self.ledger = Ledger()
+        """The requests answered lately (the dashboard's list)."""
         self._availability = availability
         self._client: httpx.AsyncClient | None = None
         self._hive_clients: dict[str, httpx.AsyncClient] = {}
@@ -369,6 +372,35 @@ class Relay:
     def _begin(self) -> None:
         self._inflight += 1
         self._idle.clear()
+
+    def _answered(
+        self,
+        trip: _Trip,
+        status: int,
+        endpoint: Endpoint | None = None,
+        *,
+        tokens: int | None = None,
+        first: float | None = None,
+    ) -> None:
+        """Count one request's end (`first`: when its first token went out, for a stream)."""
+        worker, hive = (endpoint.id, endpoint.hive) if endpoint is not None else ("", "")
+        self.metrics.request(trip.model, status, worker=worker, hive=hive)
+        if endpoint is not None and status == 200:
+            endpoint.served += 1
+        now = time.monotonic()
+        self.ledger.add(
+            Answered(
+                at=time.time(),
+                model=trip.model,
+                status=status,
+                duration_s=now - trip.arrived,
+                worker=worker,
+                hive=hive,
+                ttft_s=None if first is None else first - trip.arrived,
+                tokens=tokens,
+                stream=trip.stream,
+            )
+        )
 
     def _end(self) -> None:
         self._inflight -= 1
@@ -468,7 +500,7 @@ class Relay:
             # the request (awaiting the task itself passes a cancellation on to it).
             response = await work
         except ApiError as err:
-            self._count_refusal(model, err)
+            self._count_refusal(trip, err)
             raise
         else:
             handed_over = isinstance(response, RelayResponse)  # it ends the request itself
@@ -477,12 +509,12 @@ class Relay:
             if not handed_over:
                 self._end()
 
-    def _count_refusal(self, model: str, err: ApiError) -> None:
-        self.metrics.request(model, err.status, worker="", hive="")
+    def _count_refusal(self, trip: _Trip, err: ApiError) -> None:
+        self._answered(trip, err.status)
         reason = {"server_overloaded": "overloaded", "worker_unavailable": "unavailable",
                   "request_timeout": "timeout"}.get(err.code or "")  # fmt: skip
         if reason is not None:
-            self.metrics.rejected(model, reason)
+            self.metrics.rejected(trip.model, reason)
 
     async def _within_deadline(self, request: Request, trip: _Trip) -> Response:
         loop = asyncio.get_running_loop()
@@ -589,7 +621,7 @@ class Relay:
                             endpoint.id, err)  # fmt: skip
                 return None
             except ClientGoneError:
-                self.metrics.request(trip.model, 499, worker=endpoint.id, hive=endpoint.hive)
+                self._answered(trip, 499, endpoint)
                 return Response(status_code=499)
             headers = trip.trace(endpoint, upstream, sent)
             if trip.stream and upstream.status_code == 200:
@@ -608,8 +640,9 @@ class Relay:
                 _learn_pace(endpoint, time.monotonic() - sent, upstream)
             if "retry-after" in upstream.headers:
                 headers["Retry-After"] = upstream.headers["retry-after"]
-            self.metrics.request(trip.model, upstream.status_code, worker=endpoint.id,
-                                 hive=endpoint.hive)  # fmt: skip
+            tokens = completion_tokens(body) if upstream.status_code == 200 else None
+            endpoint.tokens_out += tokens or 0
+            self._answered(trip, upstream.status_code, endpoint, tokens=tokens)
             return Response(
                 body,
                 status_code=upstream.status_code,
@@ -649,7 +682,7 @@ class Relay:
             return None
         except ClientGoneError:
             await upstream.aclose()
-            self.metrics.request(trip.model, 499, worker=endpoint.id, hive=endpoint.hive)
+            self._answered(trip, 499, endpoint)
             return Response(status_code=499)
         except BaseException:
             await upstream.aclose()
@@ -657,7 +690,7 @@ class Relay:
         first = time.monotonic()
         self.metrics.first_token(trip.model, worker=endpoint.id, hive=endpoint.hive,
                                  seconds=first - trip.arrived)  # fmt: skip
-        counted = _TokenCounter(chunks)
+        counted = _TokenCounter(chunks, endpoint)
 
         async def release(complete: bool) -> None:
             try:
@@ -671,8 +704,8 @@ class Relay:
                     if counted.events > 1:
                         self.metrics.per_token(trip.model, worker=endpoint.id, hive=endpoint.hive,
                                                seconds=(now - first) / counted.events)  # fmt: skip
-                self.metrics.request(trip.model, 200 if complete else 499, worker=endpoint.id,
-                                     hive=endpoint.hive)  # fmt: skip
+                self._answered(trip, 200 if complete else 499, endpoint,
+                               tokens=counted.events, first=first)  # fmt: skip
 
         return RelayResponse(
             upstream,
@@ -762,10 +795,12 @@ def _overloaded(model: str, full: list[Endpoint]) -> OverloadedError:
 
 
 class _TokenCounter:
-    """Passes a stream's chunks on, counting its SSE events (about one per token)."""
+    """Passes a stream's chunks on, counting its SSE events (about one per token), in its
+    worker's count as well while they pass."""
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], endpoint: Endpoint) -> None:
         self._chunks = chunks
+        self._endpoint = endpoint
         self.events = 0
 
     def __aiter__(self) -> _TokenCounter:
@@ -773,7 +808,9 @@ class _TokenCounter:
 
     async def __anext__(self) -> bytes:
         chunk = await anext(self._chunks)
-        self.events += chunk.count(b"\n\n")
+        events = chunk.count(b"\n\n")
+        self.events += events
+        self._endpoint.tokens_out += events
         return chunk
 
 

@@ -12,7 +12,15 @@ from typing import Any
 from rbee.fsutil import atomic_write_text
 from rbee.sweep.status import Check
 
-__all__ = ["Change", "Memory", "carried_over", "changes", "load_memory", "save_memory"]
+__all__ = [
+    "Change",
+    "Memory",
+    "carried_over",
+    "changes",
+    "load_memory",
+    "save_memory",
+    "sweep_memory_path",
+]
 
 _FILE = "last.json"
 _VERSION = 1
@@ -33,6 +41,14 @@ class Memory:
     """hive → GPU uuid → free bytes with no worker running."""
     crash_loops_restarted: dict[str, str] = field(default_factory=dict)
     """Worker id → the crash-loop cause `--heal` restarted it for (never twice for one cause)."""
+    details: dict[str, str] = field(default_factory=dict)
+    """`target/check` → what it said, for each check that was not OK (the queen's dashboard
+    shows them)."""
+
+
+def sweep_memory_path(state_dir: Path) -> Path:
+    """The file a sweep with `state_dir` keeps its memory in."""
+    return state_dir / _FILE
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class Change:
 def load_memory(state_dir: Path) -> Memory | None:
     """The last sweep's memory; None for the first sweep (or a memory that cannot be read)."""
     try:
-        raw: Any = json.loads((state_dir / _FILE).read_text())
+        raw: Any = json.loads(sweep_memory_path(state_dir).read_text())
         if raw.get("version") != _VERSION:
             return None
         return Memory(
@@ -66,6 +82,7 @@ def load_memory(state_dir: Path) -> Memory | None:
             crash_loops_restarted={
                 str(k): str(v) for k, v in raw.get("crash_loops_restarted", {}).items()
             },
+            details={str(k): str(v) for k, v in raw.get("details", {}).items()},
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -82,8 +99,11 @@ def save_memory(state_dir: Path, memory: Memory) -> None:
         "queen_pid": memory.queen_pid,
         "vram_baseline": memory.vram_baseline,
         "crash_loops_restarted": memory.crash_loops_restarted,
+        "details": memory.details,
     }
-    atomic_write_text(state_dir / _FILE, json.dumps(body, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(
+        sweep_memory_path(state_dir), json.dumps(body, indent=1, sort_keys=True) + "\n"
+    )
 
 
 def changes(checks: list[Check], before: Memory | None) -> list[Change]:

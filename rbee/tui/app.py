@@ -82,9 +82,13 @@ class RbeeApp(App[None]):
     TITLE = "rbee"
     CSS = """
     #status { height: 1; padding: 0 1; background: $boost; }
+    #tabs { height: 1fr; }
     #status.down { background: $error 30%; }
     #hives { height: auto; max-height: 40%; }
     #workers { height: 1fr; }
+    #sweep-line { height: 1; padding: 0 1; }
+    #requests-table { height: auto; max-height: 40%; }
+    #recent-table { height: 1fr; }
     DataTable { scrollbar-size-vertical: 1; }
     .caption { height: 1; padding: 0 1; color: $text-muted; }
     Sparkline { height: 3; margin: 0 1; }
@@ -186,6 +190,7 @@ class RbeeApp(App[None]):
             with TabPane("1 Fleet", id="fleet"), Vertical():
                 yield DataTable(id="hives", cursor_type="row", zebra_stripes=True)
                 yield DataTable(id="workers", cursor_type="row", zebra_stripes=True)
+                yield Static("", id="sweep-line", markup=False)
             with TabPane("2 Models", id="models"):
                 yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
             with TabPane("3 Requests", id="requests"), Vertical():
@@ -194,6 +199,8 @@ class RbeeApp(App[None]):
                 yield Label("tokens/s, last minute", id="tok-caption", classes="caption")
                 yield Sparkline([], id="tok-spark")
                 yield DataTable(id="requests-table", cursor_type="row", zebra_stripes=True)
+                yield Label("recent requests", classes="caption")
+                yield DataTable(id="recent-table", cursor_type="row", zebra_stripes=True)
             with TabPane("4 Jobs", id="jobs"), Vertical():
                 yield DataTable(id="jobs-table", cursor_type="row", zebra_stripes=True)
                 yield RichLog(id="narration", wrap=True, max_lines=500)
@@ -210,6 +217,7 @@ class RbeeApp(App[None]):
             ("workers", view.WORKER_COLUMNS),
             ("models-table", view.MODEL_COLUMNS),
             ("requests-table", view.REQUEST_COLUMNS),
+            ("recent-table", view.RECENT_COLUMNS),
             ("jobs-table", view.JOB_COLUMNS),
         ):
             table = self.query_one(f"#{table_id}", DataTable)
@@ -304,6 +312,10 @@ class RbeeApp(App[None]):
         self._fill("workers", view.worker_rows(snap, self.rates), 1)
         self._fill("models-table", view.model_rows(snap), 4)
         self._fill("requests-table", view.request_rows(self.rates), 3)
+        now = float(snap.get("at") or 0) or None
+        self._fill("recent-table", view.recent_rows(snap, now=now), 3)
+        line, style = view.sweep_line(snap, now=now)
+        self.query_one("#sweep-line", Static).update(_styled(line, style, True))
         self._fill("jobs-table", view.job_rows(snap, now=float(snap.get("at") or 0) or None), 3)
         requests, tokens = self.rates.series()
         self.query_one("#req-spark", Sparkline).data = requests or [0.0]

@@ -32,7 +32,8 @@ def _table(title: str, columns: Sequence[str], rows: list[view.Row]) -> Table:
 def render(
     snapshot: Mapping[str, Any], *, url: str, configured: Sequence[str] = (), width: int = 120
 ) -> str:
-    """The fleet as text: hives, workers, models and jobs, `width` columns wide, no colour."""
+    """The fleet as text: hives, workers, models, jobs, the last ten requests and the last
+    sweep, `width` columns wide, no colour."""
     out = io.StringIO()
     console = Console(file=out, width=width, color_system=None, highlight=False)
     workers = snapshot.get("workers") or []
@@ -48,8 +49,10 @@ def render(
         ("Workers", view.WORKER_COLUMNS, view.worker_rows(snapshot)),
         ("Models", view.MODEL_COLUMNS, view.model_rows(snapshot)),
         ("Jobs", view.JOB_COLUMNS, view.job_rows(snapshot, now=now)),
+        ("Recent requests", view.RECENT_COLUMNS, view.recent_rows(snapshot, now=now)[:10]),
     ):
         console.print(_table(title, columns, rows))
+    console.print(view.sweep_line(snapshot, now=now)[0])
     for problem in problems:
         where = problem.get("worker") or problem.get("hive")
         console.print(f"problem: {where}: {problem.get('state')} {problem.get('error') or ''}")

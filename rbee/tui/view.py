@@ -13,12 +13,14 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 __all__ = [
     "HIVE_COLUMNS",
     "JOB_COLUMNS",
     "MODEL_COLUMNS",
+    "RECENT_COLUMNS",
     "REQUEST_COLUMNS",
     "WORKER_COLUMNS",
     "Rates",
@@ -29,9 +31,11 @@ __all__ = [
     "hive_rows",
     "job_rows",
     "model_rows",
+    "recent_rows",
     "request_rows",
     "size",
     "sorted_rows",
+    "sweep_line",
     "worker_rows",
     "worker_state",
 ]
@@ -43,6 +47,7 @@ WORKER_COLUMNS = ("WORKER", "STATE", "HIVE", "MODEL", "TOK/S", "QUEUE", "SERVED"
 MODEL_COLUMNS = ("MODEL", "HIVE", "FORMATS", "SIZE", "LOADED ON")
 REQUEST_COLUMNS = ("MODEL", "WORKER", "REQ/MIN", "ERRORS", "TTFT", "TOK/S", "TOTAL")
 JOB_COLUMNS = ("JOB", "KIND", "TARGET", "STATE", "AGE", "LAST")
+RECENT_COLUMNS = ("AGO", "MODEL", "WORKER", "STATUS", "TTFT", "TIME", "TOKENS")
 
 WINDOW = 60.0
 """Seconds the rates and sparklines look back over."""
@@ -370,6 +375,69 @@ def _growth(before: Mapping[str, int], after: Mapping[str, int]) -> int:
 def request_rows(rates: Rates) -> list[Row]:
     """The request table: see `Rates.rows`."""
     return rates.rows()
+
+
+def _millis(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value:.0f}ms" if value < 1000 else f"{value / 1000:.1f}s"
+
+
+def _status_style(status: int) -> str:
+    if 200 <= status < 300:
+        return "ok"
+    return "error" if status >= 500 and status != 503 else "warning"
+
+
+def recent_rows(snapshot: Mapping[str, Any], now: float | None = None) -> list[Row]:
+    """The last requests the queen answered, newest first: when, model, worker, status, time to
+    first token (streams), time in all and tokens generated."""
+    at_now = now if now is not None else float(snapshot.get("at") or time.time())
+    rows, seen = [], set()
+    for r in snapshot.get("recent") or ():
+        status = int(r.get("status") or 0)
+        at = float(r.get("at") or at_now)
+        key = f"{at:.3f}|{r.get('worker')}|{r.get('model')}|{status}|{r.get('duration_ms')}"
+        while key in seen:  # two answers alike in the same millisecond: keys stay unique
+            key += "+"
+        seen.add(key)
+        tokens = r.get("tokens")
+        rows.append(
+            Row(
+                key,
+                (
+                    age(at_now - at),
+                    str(r.get("model") or "-"),
+                    str(r.get("worker") or "-"),
+                    str(status),
+                    _millis(r.get("ttft_ms")),
+                    _millis(r.get("duration_ms")),
+                    str(tokens) if isinstance(tokens, int) else "-",
+                ),
+                _status_style(status),
+            )
+        )
+    return rows
+
+
+def sweep_line(snapshot: Mapping[str, Any], now: float | None = None) -> tuple[str, str]:
+    """The last sweep in one line (when, status, what was not OK) and its style hint."""
+    sweep = snapshot.get("sweep")
+    if not isinstance(sweep, Mapping):
+        return "sweep: none has run on this machine (`rbee sweep`; --install-cron runs it)", ""
+    status = str(sweep.get("status") or "UNKNOWN")
+    try:
+        when = datetime.fromisoformat(str(sweep.get("at"))).timestamp()
+        ago = f" {age((now if now is not None else time.time()) - when)} ago"
+    except ValueError:
+        ago = ""
+    problems = [p for p in sweep.get("problems") or () if isinstance(p, Mapping)]
+    named = [f"{p.get('target')}/{p.get('check')} {p.get('status')}" for p in problems[:4]]
+    if len(problems) > 4:
+        named.append(f"+{len(problems) - 4} more")
+    text = f"sweep{ago}: {status}" + (f" ({', '.join(named)})" if named else "")
+    style = {"OK": "ok", "WARNING": "warning"}.get(status, "error")
+    return text, style
 
 
 def filtered(rows: Iterable[Row], text: str) -> list[Row]:
