@@ -29,10 +29,13 @@ __all__ = [
     "open_regular",
     "private_dir",
     "read_bounded",
+    "read_tail",
     "sha256_file",
 ]
 
 _CHUNK = 1 << 20
+TAIL_BYTES = 256 * 1024
+"""The most of a log's end read for a tail (its last lines are in there)."""
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
@@ -134,3 +137,21 @@ def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> st
             if progress is not None:
                 progress(len(chunk))
     return digest.hexdigest()
+
+
+def read_tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` lines of a text file, reading only its end (blocking: call it in a
+    thread); [] if it does not exist. OSError if it is not a regular file."""
+    try:
+        with open_regular(path) as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - TAIL_BYTES))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", errors="replace")
+    found = text.splitlines()
+    if size > TAIL_BYTES and found:
+        found = found[1:]  # the first one is cut
+    return found[-lines:] if lines else []

@@ -91,6 +91,16 @@ def test_hive_api_and_lease(paths: Paths) -> None:
         answer = http.post(f"{worker['url']}/v1/completions", headers=h.headers,
                            json={"model": MODEL, "prompt": "Hi", "max_tokens": 3})  # fmt: skip
         assert answer.status_code == 200
+        # The hive reads its workers' logs for the queen (the dashboard's log pane).
+        log = http.get(f"{h.url}/v1/logs", params={"worker": worker["id"], "lines": 50},
+                       headers=h.headers).json()  # fmt: skip
+        assert log["path"] == worker["log_path"]
+        assert any("serving on 127.0.0.1" in line for line in log["lines"])
+        assert len(log["lines"]) <= 50
+        for params, status in (({"worker": "nope"}, 404), ({"worker": "../x"}, 400),
+                               ({"worker": worker["id"], "lines": "5000"}, 400)):  # fmt: skip
+            refused = http.get(f"{h.url}/v1/logs", params=params, headers=h.headers)
+            assert refused.status_code == status, refused.text
         # Heartbeats keep it alive past the lease...
         for _ in range(8):
             h.heartbeat()

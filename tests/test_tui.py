@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable, RichLog, Sparkline, Static
+from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
 
 from rbee.tui.app import RbeeApp
 from rbee.tui.client import AsyncQueenClient
@@ -218,6 +218,18 @@ async def test_the_dashboard_runs_a_real_fleet(
                 log_view = app.query_one("#log-view", RichLog)
                 served = lambda: any("serving on" in line.text for line in log_view.lines)  # noqa: E731
                 await until(pilot, served, 10, "the log")
+                # A remote worker's log, read by its hive; a remote hive's, from its session.
+                await pilot.press("1")
+                select(app, "workers", remote)
+                await pilot.press("l")
+                await until(pilot, served, 10, "the remote worker's log")
+                caption = lambda: str(app.query_one("#log-caption", Label).render())  # noqa: E731
+                assert caption().startswith(f"worker {remote}: hive1:"), caption()
+                await pilot.press("1")
+                select(app, "hives", "hive1")
+                await pilot.press("l")
+                hived = lambda: any("hive serving on" in line.text for line in log_view.lines)  # noqa: E731
+                await until(pilot, hived, 10, "the remote hive's log")
 
                 # K asks, then stops the worker: its row goes.
                 await pilot.press("1")

@@ -24,6 +24,7 @@ __all__ = [
     "DEADLINE_HEADER",
     "EXCEPTION_HANDLERS",
     "MAX_BODY_BYTES",
+    "MAX_TAIL_LINES",
     "AccessLogMiddleware",
     "ClosingStreamingResponse",
     "error_response",
@@ -33,6 +34,7 @@ __all__ = [
     "read_json",
     "request_deadline",
     "scrub_addresses",
+    "tail_lines",
 ]
 
 MAX_BODY_BYTES = 1 << 20
@@ -116,6 +118,17 @@ def parse_json(raw: bytes) -> Any:
 async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
     """The request's JSON body; 413 past `limit` bytes, 400 if it is not JSON."""
     return parse_json(await read_body(request, limit))
+
+
+MAX_TAIL_LINES = 2000
+
+
+def tail_lines(request: Request, default: int = 200) -> int:
+    """The `lines` a log tail asks for (`default` if none): 0 to MAX_TAIL_LINES, else 400."""
+    raw = request.query_params.get("lines", str(default))
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_TAIL_LINES:
+        raise ApiError(400, f"lines must be 0-{MAX_TAIL_LINES}, got {raw[:20]!r}", param="lines")
+    return int(raw)
 
 
 def request_deadline(request: Request, limit: float | None) -> float | None:

@@ -11,8 +11,10 @@ POST   /v1/workers/{id}/restart     start one worker again        }
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,9 +25,11 @@ from starlette.routing import Route
 
 from rbee import __version__
 from rbee.api.hop import HopAuthMiddleware
-from rbee.api.http import EXCEPTION_HANDLERS
+from rbee.api.http import EXCEPTION_HANDLERS, tail_lines
 from rbee.api.worker_routes import worker_routes
 from rbee.api.workers import parse_worker_spec, validate_worker_id
+from rbee.errors import ApiError
+from rbee.fsutil import read_tail
 from rbee.hive.service import HiveService
 
 __all__ = ["HiveWorkers", "create_app"]
@@ -86,10 +90,34 @@ async def models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": stored})
 
 
+async def worker_log(request: Request) -> Response:
+    """The tail of one of this hive's workers' logs (the queen's dashboard shows it)."""
+    hive = _hive(request)
+    worker_id = request.query_params.get("worker", "")
+    validate_worker_id(worker_id)
+    lines = tail_lines(request)
+    info = next((w for w in hive.workers() if w.id == worker_id), None)
+    if info is None or not info.log_path:
+        raise ApiError(404, f"no worker {worker_id!r} on hive {hive.name}", param="worker",
+                       code="worker_not_found")  # fmt: skip
+    path = Path(info.log_path)
+    try:
+        found = await asyncio.to_thread(read_tail, path, lines)
+    except OSError as err:
+        raise ApiError(404, f"the log of worker {worker_id} cannot be read: {err.strerror}",
+                       param="worker", code="log_not_found") from None  # fmt: skip
+    return JSONResponse({"object": "log", "path": str(path), "lines": found})
+
+
 def create_app(hive: HiveService) -> Starlette:
     """The hive app over a running HiveService; every request must carry its hop secret."""
     app = Starlette(
-        routes=[Route("/health", health), Route("/v1/models", models), *worker_routes()],
+        routes=[
+            Route("/health", health),
+            Route("/v1/models", models),
+            Route("/v1/logs", worker_log),
+            *worker_routes(),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[Middleware(HopAuthMiddleware, token=hive.token)],
     )

@@ -32,13 +32,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee import __version__
+from rbee.api.http import tail_lines
 from rbee.api.workers import WorkerInfo, validate_worker_id
 from rbee.errors import ApiError, RbeeError
+from rbee.fsutil import read_tail
 from rbee.queen.registry import LOCAL_HIVE, Endpoint
 from rbee.queen.service import Queen
 from rbee.sweep.memory import Memory, load_memory, sweep_memory_path
 
-__all__ = ["MAX_AGE", "Dashboard", "dashboard_routes", "read_tail"]
+__all__ = ["MAX_AGE", "Dashboard", "dashboard_routes"]
 
 MAX_AGE = 0.5
 """Seconds a snapshot is shared: two dashboards polling each second get the same build."""
@@ -49,27 +51,6 @@ FACTS_MAX_AGE = 5.0
 """Seconds this machine's facts are reused (reading free VRAM runs nvidia-smi)."""
 RECENT_SHOWN = 50
 """Requests listed (the newest)."""
-TAIL_BYTES = 256 * 1024
-"""The most of a log's end read for a tail (its last lines are in there)."""
-MAX_LINES = 2000
-
-
-def read_tail(path: Path, lines: int) -> list[str]:
-    """The last `lines` lines of a text file, reading only its end (blocking: call it in a
-    thread); [] if it does not exist."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - TAIL_BYTES))
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    text = data.decode("utf-8", errors="replace")
-    found = text.splitlines()
-    if size > TAIL_BYTES and found:
-        found = found[1:]  # the first one is cut
-    return found[-lines:] if lines else []
 
 
 def _rss(pid: int | None) -> int | None:
@@ -285,7 +266,8 @@ class Dashboard:
         return [{k: m.get(k) for k in ("id", "hive", "formats", "size")} for m in out]
 
     async def log(self, *, worker: str | None, hive: str | None, lines: int) -> dict[str, Any]:
-        """The tail of a worker's log, or of a hive's (`localhost`: the queen's own log)."""
+        """The tail of a worker's log (a remote one's read by its hive), or of a hive's own
+        (`localhost`: the queen's log; a remote hive's: its output on its SSH session)."""
         queen = self.queen
         if worker is not None:
             local_id, _, where = worker.partition("@")
@@ -296,17 +278,21 @@ class Dashboard:
                 raise ApiError(404, f"no worker {worker[:100]!r}", param="worker",
                                code="worker_not_found")  # fmt: skip
             if where != LOCAL_HIVE:
-                raise ApiError(404, f"the log of {worker} is on hive {where}: {info.log_path} "
-                               f"(`ssh -F hives.conf {where} tail -f {info.log_path}`)",
-                               param="worker", code="log_not_here")  # fmt: skip
+                answer = await queen.fleet.get(where).worker_log(local_id, lines)
+                return {"object": "log", "path": f"{where}:{answer.get('path')}",
+                        "lines": list(answer.get("lines") or [])}  # fmt: skip
             path = Path(info.log_path)
         elif hive in (None, LOCAL_HIVE):
             path = queen.paths.logs_dir / "queen.log"
         else:
-            raise ApiError(404, f"the log of hive {hive!r} is on that machine; the queen shows "
-                           "its own (hive=localhost) and its workers'", param="hive",
-                           code="log_not_here")  # fmt: skip
-        found = await asyncio.to_thread(read_tail, path, lines)
+            remote = queen.fleet.get(hive)
+            return {"object": "log", "path": f"{hive}: the hive's output on its SSH session",
+                    "lines": remote.output(lines)}  # fmt: skip
+        try:
+            found = await asyncio.to_thread(read_tail, path, lines)
+        except OSError as err:
+            raise ApiError(404, f"the log {path} cannot be read: {err.strerror}",
+                           code="log_not_found") from None  # fmt: skip
         return {"object": "log", "path": str(path), "lines": found}
 
 
@@ -374,11 +360,8 @@ async def snapshot(request: Request) -> Response:
 
 async def log_tail(request: Request) -> Response:
     params = request.query_params
-    raw = params.get("lines", "200")
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_LINES:
-        raise ApiError(400, f"lines must be 0-{MAX_LINES}, got {raw[:20]!r}", param="lines")
     answer = await _dashboard(request).log(
-        worker=params.get("worker"), hive=params.get("hive"), lines=int(raw)
+        worker=params.get("worker"), hive=params.get("hive"), lines=tail_lines(request)
     )
     return JSONResponse(answer)
 

@@ -44,7 +44,9 @@ __all__ = ["HiveState", "RemoteHive"]
 log = logging.getLogger(__name__)
 
 HiveState = Literal["stopped", "connecting", "running", "lost", "error"]
-_OUTPUT_LINES = 40
+_OUTPUT_LINES = 500
+"""The hive's last output lines kept (its log, which stays on its session: the dashboard's log
+pane shows them)."""
 _EXPECTED = (SshError, OSError, asyncssh.Error, httpx.HTTPError, ApiError)
 """What a network or a hive going away raises: the hive is `lost`, not in `error`."""
 
@@ -131,6 +133,18 @@ class RemoteHive:
     async def models(self) -> list[dict[str, Any]]:
         """The models in this hive's store, as the hive reports them."""
         return await self._require().models()
+
+    async def worker_log(self, worker_id: str, lines: int) -> dict[str, Any]:
+        """The last `lines` lines of one of its workers' logs, read by the hive."""
+        answer: dict[str, Any] = await self._require().http(
+            "GET", "/v1/logs", params={"worker": worker_id, "lines": lines}
+        )
+        return answer
+
+    def output(self, lines: int) -> list[str]:
+        """The last `lines` lines the hive wrote on its session since it last started (its own
+        log: a remote hive logs to the SSH session, not to a file)."""
+        return self._output[-lines:] if lines > 0 else []
 
     @property
     def lease_age(self) -> float | None:
