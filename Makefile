@@ -18,8 +18,9 @@ PIP_LOCKED := $(BIN)/python -m pip install --quiet -c $(LOCK) --build-constraint
 LOCK_EXTRAS := dev mlx bench tools
 
 # System packages the tests need: SSH hives (each a network namespace running its own sshd) and
-# the crontab `rbee sweep --install-cron` writes to.
-SYSDEPS := openssh-server openssh-client iproute2 cron
+# the crontab `rbee sweep --install-cron` writes to, and systemd-analyze, which checks the timer
+# units it writes where a systemd user instance runs.
+SYSDEPS := openssh-server openssh-client iproute2 cron systemd
 
 .PHONY: setup sysdeps run test lint typecheck pytest bench lock clean
 
@@ -34,7 +35,8 @@ $(STAMP): pyproject.toml $(LOCK)
 
 sysdeps:
 	@if [ -x /usr/sbin/sshd ] && command -v ip >/dev/null && command -v ssh-keygen >/dev/null \
-		&& command -v ssh >/dev/null && command -v crontab >/dev/null; then :; \
+		&& command -v ssh >/dev/null && command -v crontab >/dev/null \
+		&& command -v systemd-analyze >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update && DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y --no-install-recommends $(SYSDEPS); \

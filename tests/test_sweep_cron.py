@@ -6,15 +6,26 @@ failure; foreign lines must survive both operations exactly.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from rbee.config.settings import Paths
 from rbee.errors import RbeeError
-from rbee.sweep.cron import BEGIN, END, cron_schedule, parse_every, remove_block, with_block
+from rbee.sweep.cron import (
+    BEGIN,
+    END,
+    cron_schedule,
+    parse_every,
+    remove_block,
+    schedule_command,
+    systemd_units,
+    with_block,
+)
 from tests.conftest import rbee
 
 FOREIGN = '# someone else\'s job\nMAILTO=""\n17 3 * * * /usr/bin/true --keep 50%\n'
@@ -103,3 +114,35 @@ def test_the_block_is_replaced_and_removed_exactly() -> None:
     assert remove_block(FOREIGN) == (FOREIGN, False)
     with pytest.raises(RbeeError, match="no `# END rbee sweep`"):
         remove_block(f"{BEGIN}\nx\n")
+
+
+def test_the_systemd_timer_units_are_what_systemd_loads(tmp_path: Path) -> None:
+    """Where a systemd user instance runs, the sweep goes to a timer: systemd's own checker
+    (`systemd-analyze verify`, offline) loads its units without a complaint, for a command
+    whose paths hold a space, a quote and a `%` (cron's and systemd's special character)."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None, "make sysdeps installs systemd (systemd-analyze)"
+    log = Path("/var/log/rbee 50%/the sweep's.log")
+    argv = ["/opt/rbee venv/bin/rbee", "sweep", "--textfile", "/var/lib/node_exporter"]
+    units = systemd_units(schedule_command(argv, log), 5)
+    assert sorted(units) == ["rbee-sweep.service", "rbee-sweep.timer"]
+    assert "OnUnitActiveSec=5min" in units["rbee-sweep.timer"]
+    assert "%%" in units["rbee-sweep.service"]  # a literal % for systemd
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    done = subprocess.run(
+        [analyze, "verify", "--user", *(str(tmp_path / n) for n in units)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+    )  # fmt: skip
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    # The same checker refuses a unit that is wrong (the check can fail).
+    (tmp_path / "rbee-sweep.timer").write_text(units["rbee-sweep.timer"].replace("5min", "5xx"))
+    bad = subprocess.run(
+        [analyze, "verify", "--user", str(tmp_path / "rbee-sweep.timer")],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+    )  # fmt: skip
+    assert bad.returncode != 0

@@ -28,6 +28,8 @@ __all__ = [
     "install_schedule",
     "parse_every",
     "remove_block",
+    "schedule_command",
+    "systemd_units",
     "uninstall_schedule",
     "with_block",
 ]
@@ -71,7 +73,8 @@ def cron_schedule(minutes: int) -> str:
     return "0 * * * *" if hours == 1 else f"0 */{hours} * * *"
 
 
-def _command(argv: list[str], log: Path) -> str:
+def schedule_command(argv: list[str], log: Path) -> str:
+    """The crontab command that runs `argv`, its output appended to `log` (`%` escaped)."""
     line = " ".join(shlex.quote(a) for a in argv) + f" >> {shlex.quote(str(log))} 2>&1"
     return line.replace("%", "\\%")
 
@@ -153,22 +156,28 @@ def _systemctl(*args: str) -> None:
         raise RbeeError(f"`systemctl --user {' '.join(args)}` failed: {done.stderr.strip()}")
 
 
-def install_schedule(argv: list[str], minutes: int, log: Path) -> Installed:
-    """Run `argv` every `minutes`, output appended to `log`; replaces an earlier install."""
-    command = _command(argv, log)
-    if _use_crontab():
-        line = f"{cron_schedule(minutes)} {command}"
-        _crontab_write(with_block(_crontab_read(), line))
-        return Installed("crontab", "the crontab of this user (`crontab -l`)", line)
-    units = _units_dir()
+def systemd_units(command: str, minutes: int) -> dict[str, str]:
+    """The service and timer (file name → text) that run the crontab line `command` (escaped
+    for cron) every `minutes` as a systemd user timer."""
     unescaped = command.replace("\\%", "%%")  # systemd's escape of % instead of cron's
     service = (f"[Unit]\nDescription=rbee sweep\n\n[Service]\nType=oneshot\n"
                f"ExecStart=/bin/sh -c {shlex.quote(unescaped)}\n")  # fmt: skip
     timer = (f"[Unit]\nDescription=rbee sweep every {minutes} min\n\n[Timer]\n"
              f"OnBootSec={minutes}min\nOnUnitActiveSec={minutes}min\n\n"
              "[Install]\nWantedBy=timers.target\n")  # fmt: skip
-    atomic_write_text(units / f"{UNIT}.service", service)
-    atomic_write_text(units / f"{UNIT}.timer", timer)
+    return {f"{UNIT}.service": service, f"{UNIT}.timer": timer}
+
+
+def install_schedule(argv: list[str], minutes: int, log: Path) -> Installed:
+    """Run `argv` every `minutes`, output appended to `log`; replaces an earlier install."""
+    command = schedule_command(argv, log)
+    if _use_crontab():
+        line = f"{cron_schedule(minutes)} {command}"
+        _crontab_write(with_block(_crontab_read(), line))
+        return Installed("crontab", "the crontab of this user (`crontab -l`)", line)
+    units = _units_dir()
+    for name, text in systemd_units(command, minutes).items():
+        atomic_write_text(units / name, text)
     _systemctl("daemon-reload")
     _systemctl("enable", "--now", f"{UNIT}.timer")
     return Installed("systemd user timer", str(units / f"{UNIT}.timer"), command)
