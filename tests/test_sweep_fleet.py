@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rbee import __version__
 from rbee.cli.main import main
 from rbee.config.settings import Paths
+from rbee.hive.supervisor import RestartPolicy
 from tests.conftest import MODEL, RunningQueen, make_paths, rbee, running_queen, wait_until
 from tests.hives import HiveSet, TestHive, pids_in, two_hives
 from tests.test_sweep_schema import validate
@@ -266,6 +267,32 @@ def test_a_changed_host_key_is_critical_and_never_healed(fleet: Fleet) -> None:
         hive.host_key.chmod(0o600)
         os.kill(hive.sshd_pid, signal.SIGHUP)
     wait_until(lambda: fleet.sweep_json()[0] == 0, 30, "hive2 trusted again")
+
+
+def test_a_worker_in_crash_loop_is_critical_and_heal_restarts_it(fleet: Fleet) -> None:
+    # RestartPolicy.burst crashes within its window put a worker in crash-loop: the hive stops
+    # restarting it. The sweep says CRITICAL; --heal asks the queen to start it again.
+    def state() -> tuple[str, int | None]:
+        found = fleet.workers("hive2")
+        return (str(found[0]["state"]), found[0]["pid"]) if found else ("absent", None)
+
+    for _ in range(RestartPolicy().burst):
+        wait_until(lambda: state()[0] == "ready", 120, "hive2's worker ready")
+        pid = state()[1]
+        assert isinstance(pid, int)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda pid=pid: state() != ("ready", pid), 30, "the crash seen")
+    wait_until(lambda: state()[0] == "crash-loop", 30, "crash-loop")
+    wid = str(fleet.workers("hive2")[0]["id"]).partition("@")[0]
+    code, document = fleet.sweep_json()
+    assert code == 2
+    assert checks(document)[f"hive2/worker:{wid}"]["status"] == "CRITICAL"
+    code, out = fleet.sweep("--heal")
+    assert "heal: hive2: restart-worker: done" in out, out
+    wait_until(lambda: state()[0] == "ready", 120, "hive2's worker restarted")
+    fleet.sweep_json()  # the restarts show once
+    code, document = fleet.sweep_json()
+    assert (code, not_ok(document)) == (0, {})
 
 
 def test_usage_and_config_errors_are_unknown(fleet: Fleet, tmp_path: Path) -> None:
