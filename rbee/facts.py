@@ -16,14 +16,22 @@ from typing import Any
 
 from rbee.errors import RbeeError
 
-__all__ = ["CPU_FLAGS", "FACTS_SCRIPT", "NVIDIA_SMI_QUERY", "Facts", "Gpu", "local_facts",
-           "parse_facts", "parse_nvidia_smi", "read_gpus"]  # fmt: skip
+__all__ = ["CPU_FLAGS", "FACTS_SCRIPT", "NVIDIA_SMI_APPS", "NVIDIA_SMI_QUERY", "Facts", "Gpu",
+           "local_facts", "parse_facts", "parse_gpu_apps", "parse_nvidia_smi", "read_gpu_apps",
+           "read_gpus"]  # fmt: skip
 
 NVIDIA_SMI_QUERY = [
     "nvidia-smi",
     "--query-gpu=index,name,memory.total,memory.free,driver_version",
     "--format=csv,noheader,nounits",
 ]
+
+NVIDIA_SMI_APPS = [
+    "nvidia-smi",
+    "--query-compute-apps=pid,used_memory",
+    "--format=csv,noheader,nounits",
+]
+"""The processes using GPU memory, and how much (MiB), on every GPU."""
 
 CPU_FLAGS = frozenset(
     {"amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "avx512f", "avx512_vnni", "avx512_bf16",
@@ -190,6 +198,34 @@ def parse_nvidia_smi(text: str | None) -> tuple[Gpu, ...]:
         except ValueError as err:
             raise RbeeError(f"unexpected nvidia-smi line: {line!r}") from err
     return tuple(gpus)
+
+
+def parse_gpu_apps(text: str | None) -> dict[int, int]:
+    """pid → bytes of GPU memory, summed over the GPUs, from `NVIDIA_SMI_APPS`' CSV (MiB). A
+    line nvidia-smi could not fill (`[N/A]`, as for another container's process) is skipped."""
+    used: dict[int, int] = {}
+    for line in (text or "").splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 2:
+            continue
+        try:
+            pid, mib = int(fields[0]), int(float(fields[1]))
+        except ValueError:
+            continue
+        used[pid] = used.get(pid, 0) + (mib << 20)
+    return used
+
+
+def read_gpu_apps(timeout: float = 10.0) -> dict[int, int] | None:
+    """The GPU memory each process uses now (`parse_gpu_apps`); None where nvidia-smi cannot be
+    asked (no NVIDIA GPU here)."""
+    try:
+        done = subprocess.run(
+            NVIDIA_SMI_APPS, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_gpu_apps(done.stdout) if done.returncode == 0 else None
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from rbee.errors import RbeeError
-from rbee.facts import FACTS_SCRIPT, Gpu, local_facts, parse_facts, parse_nvidia_smi
+from rbee.facts import (
+    FACTS_SCRIPT,
+    Gpu,
+    local_facts,
+    parse_facts,
+    parse_gpu_apps,
+    parse_nvidia_smi,
+)
 from rbee.ssh.connection import expand_home
 from rbee.ssh.facts import STATUS_SCRIPT, parse_status
 
@@ -50,6 +57,14 @@ MAC = {
     "mem_available": None, "disk_free": 100 << 30, "nvidia_smi": None, "chip": "Apple M2 Pro",
     "engines": {"llama_cpp": False, "exllamav2": False, "mlx": True},
 }  # fmt: skip
+
+
+def test_gpu_processes_csv() -> None:
+    # One process on two GPUs is summed; a row nvidia-smi cannot fill is skipped.
+    text = "4121, 15360\n4121, 1024\n4200, 512\n[N/A], [N/A]\n\n9, [N/A]\n"
+    assert parse_gpu_apps(text) == {4121: 16384 << 20, 4200: 512 << 20}
+    assert parse_gpu_apps("") == {}
+    assert parse_gpu_apps(None) == {}
 
 
 def test_linux_with_gpus() -> None:

@@ -42,12 +42,15 @@ class RunningHive:
 
 
 @contextlib.contextmanager
-def hive(paths: Paths, lease: float, *, standby: bool = False) -> Iterator[RunningHive]:
-    """`rbee hive run --port 0` with a pipe for stdin; killed after the test if still running."""
+def hive(
+    paths: Paths, lease: float, *, standby: bool = False, env: dict[str, str] | None = None
+) -> Iterator[RunningHive]:
+    """`rbee hive run --port 0` with a pipe for stdin (`env`: its environment, rbee_env's by
+    default); killed after the test if still running."""
     argv = [sys.executable, "-m", "rbee", "hive", "run", "--port", "0", "--lease", str(lease),
             "--name", "test-hive", *(["--standby"] if standby else [])]  # fmt: skip
     with (paths.data_dir / "hive.log").open("wb") as log:
-        proc = subprocess.Popen(argv, env=rbee_env(paths), stdin=subprocess.PIPE,
+        proc = subprocess.Popen(argv, env=env or rbee_env(paths), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=log, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None

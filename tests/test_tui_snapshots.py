@@ -58,7 +58,7 @@ FLEET: dict[str, Any] = {
                 stats={"queued": 0, "generated_tokens": 9_000}),
         _worker("qwen2.5-7b-1@gpu-box", "gpu-box", "ready", model="qwen2.5-7b",
                 engine="exllamav2", device="cuda:0", dispatched=1800, outstanding=3,
-                rss=None, stats={"queued": 2, "generated_tokens": 900_000}),
+                rss=None, vram=15 * GIB, stats={"queued": 2, "generated_tokens": 900_000}),
         _worker("qwen2.5-7b-2@gpu-box", "gpu-box", "restarting", model="qwen2.5-7b",
                 engine="exllamav2", device="cuda:0", restarts=2, last_exit="SIGSEGV",
                 rss=None, stats=None),

@@ -29,6 +29,7 @@ from rbee.api.http import EXCEPTION_HANDLERS, tail_lines
 from rbee.api.worker_routes import worker_routes
 from rbee.api.workers import parse_worker_spec, validate_worker_id
 from rbee.errors import ApiError
+from rbee.facts import Facts, read_gpu_apps
 from rbee.fsutil import read_tail
 from rbee.hive.service import HiveService
 
@@ -68,6 +69,15 @@ def _hive(request: Request) -> HiveService:
     return hive
 
 
+async def _gpu_processes(facts: Facts) -> dict[str, int] | None:
+    """pid → bytes of GPU memory of the processes using it (its workers' among them), where
+    there are NVIDIA GPUs; None elsewhere."""
+    if not facts.gpus:
+        return None
+    found = await asyncio.to_thread(read_gpu_apps)
+    return None if found is None else {str(pid): used for pid, used in found.items()}
+
+
 async def health(request: Request) -> Response:
     hive = _hive(request)
     facts = await hive.facts()
@@ -81,6 +91,7 @@ async def health(request: Request) -> Response:
             "facts": dataclasses.asdict(facts),
             "models_dir": str(hive.paths.models_dir),
             "workers": [w.to_json(hive.name) for w in hive.workers()],
+            "gpu_processes": await _gpu_processes(facts),
         }
     )
 

@@ -35,6 +35,7 @@ from rbee import __version__
 from rbee.api.http import tail_lines
 from rbee.api.workers import WorkerInfo, validate_worker_id
 from rbee.errors import ApiError, RbeeError
+from rbee.facts import read_gpu_apps
 from rbee.fsutil import read_tail
 from rbee.queen.registry import LOCAL_HIVE, Endpoint
 from rbee.queen.service import Queen
@@ -49,6 +50,8 @@ MODELS_MAX_AGE = 10.0
 machine's reads the store's manifests)."""
 FACTS_MAX_AGE = 5.0
 """Seconds this machine's facts are reused (reading free VRAM runs nvidia-smi)."""
+GPU_MEMORY_MAX_AGE = 10.0
+"""Seconds the GPU memory of each worker is reused (nvidia-smi on each GPU hive)."""
 RECENT_SHOWN = 50
 """Requests listed (the newest)."""
 
@@ -115,6 +118,7 @@ class Dashboard:
         self._building: asyncio.Future[dict[str, Any]] | None = None
         self._models: dict[str, tuple[float, list[dict[str, Any]], str | None]] = {}
         self._facts: tuple[float, dict[str, Any] | None] | None = None
+        self._gpu: tuple[float, dict[str, dict[int, int]]] | None = None
         self._sweep: tuple[tuple[float, int] | None, dict[str, Any] | None] = (None, None)
         """(the sweep memory file's mtime and size when read, what it said)."""
 
@@ -139,7 +143,7 @@ class Dashboard:
         self.builds += 1
         queen = self.queen
         hives = await self._hives()
-        workers = await self._workers()
+        workers = await self._workers(await self._gpu_memory(hives))
         models = await self._models_of([h["name"] for h in hives if h["state"] == "running"])
         return {
             "object": "dashboard",
@@ -194,7 +198,41 @@ class Dashboard:
         hives.extend(queen.fleet.describe_unlaunchable())
         return hives
 
-    async def _workers(self) -> list[dict[str, Any]]:
+    async def _gpu_memory(self, hives: list[dict[str, Any]]) -> dict[str, dict[int, int]]:
+        """Hive → pid → bytes of GPU memory, on the running hives with NVIDIA GPUs (this
+        machine's from nvidia-smi, a remote one's from its /health), read every
+        GPU_MEMORY_MAX_AGE; a hive that does not answer in 5 s is left out."""
+        now = time.monotonic()
+        if self._gpu is not None and now - self._gpu[0] < GPU_MEMORY_MAX_AGE:
+            return self._gpu[1]
+        found: dict[str, dict[int, int]] = {}
+
+        async def one(name: str) -> None:
+            used: dict[int, int] | None
+            try:
+                if name == LOCAL_HIVE:
+                    used = await asyncio.to_thread(read_gpu_apps)
+                else:
+                    health = await asyncio.wait_for(self.queen.fleet.get(name).health(), 5.0)
+                    raw = health.get("gpu_processes")
+                    used = (
+                        {int(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else None
+                    )
+            except (RbeeError, OSError, TimeoutError, httpx.HTTPError, ValueError, TypeError):
+                used = None
+            if used is not None:
+                found[name] = used
+
+        with_gpus = [
+            h["name"]
+            for h in hives
+            if h.get("state") == "running" and (h.get("facts") or {}).get("gpus")
+        ]
+        await asyncio.gather(*(one(name) for name in with_gpus))
+        self._gpu = (now, found)
+        return found
+
+    async def _workers(self, gpu: Mapping[str, Mapping[int, int]]) -> list[dict[str, Any]]:
         queen = self.queen
         endpoints = {(e.hive, e.info.id): e for e in queen.registry.endpoints()}
         at = round(time.time(), 3)
@@ -220,6 +258,7 @@ class Dashboard:
                     parked=bool(wanted and wanted.parked),
                     stats=_live_stats(endpoint, at) if endpoint is not None else None,
                     rss=rss.get((hive, info.id)),
+                    vram=gpu.get(hive, {}).get(info.pid) if info.pid else None,
                 )
             )
         for d in queen.desired.workers():
@@ -229,7 +268,8 @@ class Dashboard:
                                   device=spec.device, state="exited")  # fmt: skip
                 qid = d.id if d.hive == LOCAL_HIVE else f"{d.id}@{d.hive}"
                 parked = _worker_json(info, d.hive, qid, outstanding=0, dispatched=0,
-                                      idle_s=None, parked=True, stats=None, rss=None)  # fmt: skip
+                                      idle_s=None, parked=True, stats=None, rss=None,
+                                      vram=None)  # fmt: skip
                 listed.append({**parked, "state": "parked"})
         return listed
 
@@ -307,6 +347,7 @@ def _worker_json(
     parked: bool,
     stats: Mapping[str, Any] | None,
     rss: int | None,
+    vram: int | None,
 ) -> dict[str, Any]:
     """One worker as the dashboard shows it (the fields of `GET /v1/workers`, then its live
     counters: None where the queen cannot route to it)."""
@@ -315,7 +356,7 @@ def _worker_json(
     out = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
     out.update(hive=hive, url=info.url)
     out.update(id=qid, outstanding=outstanding, dispatched=dispatched, idle_s=idle_s,
-               parked=parked, rss=rss)  # fmt: skip
+               parked=parked, rss=rss, vram=vram)  # fmt: skip
     out["stats"] = dict(stats) if stats is not None else None
     return out
 

@@ -42,7 +42,7 @@ __all__ = [
 
 HIVE_COLUMNS = ("HIVE", "STATE", "LEASE", "WRK", "CPU", "RAM", "GPU VRAM", "ENGINES", "OS/ARCH")
 WORKER_COLUMNS = ("WORKER", "STATE", "HIVE", "MODEL", "TOK/S", "QUEUE", "SERVED", "RESTARTS",
-                  "LAST EXIT", "ENGINE", "DEVICE", "RSS")  # fmt: skip
+                  "LAST EXIT", "ENGINE", "DEVICE", "RSS", "VRAM")  # fmt: skip
 """Most telling first (k9s and nvitop habits): what fits in 80 columns is what matters."""
 MODEL_COLUMNS = ("MODEL", "HIVE", "FORMATS", "SIZE", "LOADED ON")
 REQUEST_COLUMNS = ("MODEL", "WORKER", "REQ/MIN", "ERRORS", "TTFT", "TOK/S", "TOTAL")
@@ -196,6 +196,7 @@ def worker_rows(snapshot: Mapping[str, Any], rates: Rates | None = None) -> list
                     str(w.get("engine")),
                     str(w.get("device")),
                     size(w.get("rss")),
+                    size(w.get("vram")),
                 ),
                 style,
             )

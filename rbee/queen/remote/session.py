@@ -134,6 +134,11 @@ class RemoteHive:
         """The models in this hive's store, as the hive reports them."""
         return await self._require().models()
 
+    async def health(self) -> dict[str, Any]:
+        """The hive's /health now (facts read just now, its workers, its GPUs' processes)."""
+        answer: dict[str, Any] = await self._require().http("GET", "/health")
+        return answer
+
     async def worker_log(self, worker_id: str, lines: int) -> dict[str, Any]:
         """The last `lines` lines of one of its workers' logs, read by the hive."""
         answer: dict[str, Any] = await self._require().http(
