@@ -243,7 +243,9 @@ async def test_a_hive_line_the_queen_cannot_read_is_logged_and_skipped(
     conf = tmp_path / "hives.conf"
     conf.write_text("Host gpu\n  HostName 10.0.0.9\n")
     seen: list[WorkerInfo] = []
-    hive = RemoteHive(load_hives(conf).get("gpu"), conf, on_change=lambda h, i, u, t: seen.append(i))
+    hive = RemoteHive(
+        load_hives(conf).get("gpu"), conf, on_change=lambda h, i, u, t: seen.append(i)
+    )
     good = {"id": "m-1", "model": "m", "engine": "llamacpp", "device": "cpu", "state": "starting"}
     lines = [
         "2026-12-06 10:00:00,000 INFO rbee.hive: a log line\r\n",
