@@ -66,8 +66,8 @@ def test_the_dashboard_shows_each_workers_gpu_memory(
         assert [g["name"] for g in local["facts"]["gpus"]] == ["Stand-in GPU"]
         once = rbee(paths, "--queen", queen.url, "tui", "--once")
         assert once.returncode == 0, once.stderr
-        rows = [line.split() for line in once.stdout.splitlines() if f"{MODEL}-1" in line]
-        assert [row[-1] for row in rows] == ["1.2G"], once.stdout
+        rows = [line.split() for line in once.stdout.splitlines()]
+        assert [row[-1] for row in rows if row[:1] == [f"{MODEL}-1"]] == ["1.2G"], once.stdout
 
 
 def test_a_hive_lists_the_processes_using_its_gpus(gpu_path: str, tmp_path: Path,

@@ -407,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_argument(
         "--once", action="store_true", help="print one snapshot as text and exit (for scripts)"
     )
-    tui.add_argument("--width", type=_positive, default=120, help="--once: columns (120)")
+    tui.add_argument("--width", type=_positive, default=None,
+                     help="--once: fit the tables in this many columns, cutting long cells "
+                          "(default: as wide as they need, nothing cut)")  # fmt: skip
     tui.set_defaults(handler=_lazy("tui", "tui"))
 
     apply = commands.add_parser(

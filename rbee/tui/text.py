@@ -29,13 +29,22 @@ def _table(title: str, columns: Sequence[str], rows: list[view.Row]) -> Table:
     return table
 
 
+NATURAL = 10_000
+"""A width no table reaches: each one takes the columns it needs, nothing cut."""
+
+
 def render(
-    snapshot: Mapping[str, Any], *, url: str, configured: Sequence[str] = (), width: int = 120
+    snapshot: Mapping[str, Any],
+    *,
+    url: str,
+    configured: Sequence[str] = (),
+    width: int | None = None,
 ) -> str:
     """The fleet as text: hives, workers, models, jobs, the last ten requests and the last
-    sweep, `width` columns wide, no colour."""
+    sweep, no colour; fitted in `width` columns (long cells cut) or, for None, as wide as the
+    tables need (for scripts: nothing is cut)."""
     out = io.StringIO()
-    console = Console(file=out, width=width, color_system=None, highlight=False)
+    console = Console(file=out, width=width or NATURAL, color_system=None, highlight=False)
     workers = snapshot.get("workers") or []
     ready = sum(1 for w in workers if w.get("state") == "ready")
     problems = (snapshot.get("queen") or {}).get("problems") or []
