@@ -178,6 +178,10 @@ async def test_the_dashboard_runs_a_real_fleet(
                 await pilot.press("3")
                 spark = app.query_one("#req-spark", Sparkline)
                 await until(pilot, lambda: max(spark.data or [0]) > 0, 5, "the sparkline")
+                if shot := os.environ.get("RBEE_TUI_SCREENSHOT"):  # the README's picture
+                    await pilot.press("1")
+                    await pilot.pause(0.5)
+                    app.save_screenshot(shot)
                 # Each one is listed, newest first, with its worker, status and tokens.
                 await until(pilot, lambda: len(table(app, "recent-table")) == 4, 5, "the list")
                 recent = list(table(app, "recent-table").values())
@@ -201,10 +205,6 @@ async def test_the_dashboard_runs_a_real_fleet(
                 line = lambda: str(app.query_one("#sweep-line", Static).render())  # noqa: E731
                 await until(pilot, lambda: " ago: " in line(), 5, "the last sweep")
                 assert line().split(": ")[1].split()[0] == said, (line(), sweep.stdout)
-                if shot := os.environ.get("RBEE_TUI_SCREENSHOT"):  # the README's picture
-                    await pilot.press("1")
-                    await pilot.pause(0.5)
-                    app.save_screenshot(shot)
 
                 # / filters every table; Escape clears it.
                 await pilot.press("slash", *"hive1", "enter")

@@ -13,8 +13,8 @@ from rbee.tui.view import Rates, Row
 
 @pytest.mark.parametrize(
     ("value", "shown"),
-    [(None, "-"), (0, "0B"), (1023, "1023B"), (98_362_432, "94M"), (25_276_194_816, "24G"),
-     (8 << 30, "8.0G"), (3 << 40, "3.0T")],
+    [(None, "-"), (0, "0B"), (999, "999B"), (1023, "1.0K"), (98_362_432, "94M"),
+     (1000 << 20, "1.0G"), (25_276_194_816, "24G"), (8 << 30, "8.0G"), (3 << 40, "3.0T")],
 )  # fmt: skip
 def test_size(value: int | None, shown: str) -> None:
     assert view.size(value) == shown

@@ -68,7 +68,7 @@ def size(value: float | None) -> str:
     if value is None:
         return "-"
     for unit, scale in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if value >= scale:
+        if value >= scale * 1000 / 1024:  # 1000M reads 1.0G: four digits do not fit
             figure = value / scale
             return f"{figure:.1f}{unit}" if figure < 10 else f"{figure:.0f}{unit}"
     return f"{value:.0f}B"
