@@ -136,3 +136,35 @@ def test_an_integer_written_with_a_fraction_of_zero_is_an_integer(queen: Running
     assert anthropic.json()["usage"]["output_tokens"] <= 3
     fraction = http.post(f"{queen.base_url}/chat/completions", json={**_CHAT, "max_tokens": 4.5})
     assert (fraction.status_code, fraction.json()["error"]["param"]) == (400, "max_tokens")
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code"),
+    [
+        ({"hive": ""}, 400, None),  # was: 500 (no such hive raised from the fleet)
+        ({"hive": "\x00\x05"}, 400, None),
+        ({"hive": "?", "lines": "316"}, 400, None),
+        ({"hive": "gpu-box"}, 404, "hive_not_found"),  # an alias, but no hive of that name
+        ({"worker": "m-1@gpu-box"}, 404, "worker_not_found"),
+    ],
+)
+def test_a_log_of_a_hive_that_is_not_there_is_a_4xx(
+    queen: RunningQueen, params: dict[str, str], status: int, code: str | None
+) -> None:
+    answer = http.get(f"{queen.url}/v1/dashboard/log", params=params)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == code
+    assert len(error["message"]) < 400
+
+
+def test_an_embedding_input_of_no_tokens_is_a_400_naming_it(queen: RunningQueen) -> None:
+    # Was: 500 (llama_decode returned -1 for an empty sequence; a NaN mean beside other inputs).
+    # Control characters are no tokens at all to this model's tokenizer.
+    for inputs, param in ((["\x16"], "input"), (["Hi", "\x1d", "there"], "input[1]")):
+        answer = http.post(f"{queen.base_url}/embeddings", json={"model": MODEL, "input": inputs})
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert (error["param"], error["code"]) == (param, "empty_input")
+    fine = http.post(f"{queen.base_url}/embeddings", json={"model": MODEL, "input": ["Hi"]})
+    assert fine.status_code == 200, fine.text

@@ -26,11 +26,11 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
-import re
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rbee.config.hive_keys import ALIAS
 from rbee.errors import ApiError
 from rbee.fsutil import atomic_write_text, read_bounded
 
@@ -51,7 +51,6 @@ __all__ = [
 
 HOP_ENV = "RBEE_HOP_TOKEN"
 _PREFIX = b"bearer "
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a hive alias (rbee.config.hives)
 
 
 def new_hop_token() -> str:
@@ -73,7 +72,7 @@ def take_env_token() -> str | None:
 def token_path(run_dir: Path, hive: str) -> Path:
     """Where the hive named `hive` keeps its secret for the same user's tools (ValueError for a
     name that is not an alias: no path may come of one)."""
-    if not _NAME.fullmatch(hive):
+    if not ALIAS.fullmatch(hive):
         raise ValueError(f"invalid hive name {hive!r}: letters, digits, '.', '_' and '-' only")
     return run_dir / f"hive-{hive}.token"
 

@@ -15,6 +15,7 @@ from rbee.api.workers import REPACK_SETTINGS
 from rbee.config.sshconfig import Directive
 
 __all__ = [
+    "ALIAS",
     "BACKENDS",
     "DEFAULT_HIVE_PORT",
     "DEFAULT_INSTALL_DIR",
@@ -26,6 +27,9 @@ __all__ = [
     "check_directive",
     "file_problem",
 ]
+
+ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A hive's alias: a Host name rbee accepts (it may name a file: no path comes of one)."""
 
 DEFAULT_SSH_PORT = 22
 DEFAULT_HIVE_PORT = 9000

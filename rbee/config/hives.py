@@ -10,13 +10,13 @@ resolution written out (`HivesConfig.asyncssh_text`), never with its own reading
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rbee.config.asyncssh_text import connect_text
 from rbee.config.hive_keys import (
+    ALIAS,
     DEFAULT_HIVE_PORT,
     DEFAULT_INSTALL_DIR,
     DEFAULT_PYTHON,
@@ -34,8 +34,6 @@ from rbee.config.sshtokens import check_path_tokens
 from rbee.errors import ConfigError
 
 __all__ = ["Hive", "HivesConfig", "build_hives", "hives_path", "load_hives"]
-
-_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -211,7 +209,7 @@ def _aliases(d: Directive) -> list[str]:
             raise d.error(f"empty Host pattern {pattern!r}")
         if pattern.startswith("!") or "*" in pattern or "?" in pattern:
             continue
-        if not _ALIAS.fullmatch(pattern):
+        if not ALIAS.fullmatch(pattern):
             raise d.error(
                 f"invalid hive alias {pattern!r}: use letters, digits, '.', '_' and '-' "
                 "(at most 64, starting with a letter or digit)"

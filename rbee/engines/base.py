@@ -146,8 +146,19 @@ def embedder_of(engine: object) -> Embedder | None:
 def check_embedding_tokens(
     tokens: Sequence[int], index: int, count: int, context: int, vocab: int
 ) -> None:
-    """Refuse input `index` (of `count`) if it overflows the context or leaves the vocabulary."""
+    """Refuse input `index` (of `count`) if it is no tokens at all, overflows the context or
+    leaves the vocabulary."""
     param = "input" if count == 1 else f"input[{index}]"
+    if not tokens:
+        # A text of characters the tokenizer drops (control characters, for one) is no tokens:
+        # llama.cpp cannot decode an empty sequence, and the mean of no vectors is no vector.
+        raise ApiError(
+            400,
+            f"{param} is no tokens once tokenized (its characters are ones this model's "
+            "tokenizer drops); there is nothing to embed",
+            param=param,
+            code="empty_input",
+        )
     if len(tokens) > context:
         raise ApiError(
             400,

@@ -33,7 +33,8 @@ from starlette.routing import Route
 
 from rbee import __version__
 from rbee.api.http import tail_lines
-from rbee.api.workers import WorkerInfo, validate_worker_id
+from rbee.api.workers import WorkerInfo, spawn_error, validate_worker_id
+from rbee.config.hive_keys import ALIAS
 from rbee.errors import ApiError, RbeeError
 from rbee.facts import read_gpu_apps
 from rbee.fsutil import read_tail
@@ -318,14 +319,23 @@ class Dashboard:
                 raise ApiError(404, f"no worker {worker[:100]!r}", param="worker",
                                code="worker_not_found")  # fmt: skip
             if where != LOCAL_HIVE:
-                answer = await queen.fleet.get(where).worker_log(local_id, lines)
+                try:
+                    answer = await queen.fleet.get(where).worker_log(local_id, lines)
+                except RbeeError as err:
+                    raise spawn_error(err) from None
                 return {"object": "log", "path": f"{where}:{answer.get('path')}",
                         "lines": list(answer.get("lines") or [])}  # fmt: skip
             path = Path(info.log_path)
         elif hive in (None, LOCAL_HIVE):
             path = queen.paths.logs_dir / "queen.log"
         else:
-            remote = queen.fleet.get(hive)
+            if not ALIAS.fullmatch(hive):
+                raise ApiError(400, f"hive must be a hive's alias, got {hive[:40]!r}",
+                               param="hive")  # fmt: skip
+            try:
+                remote = queen.fleet.get(hive)
+            except RbeeError as err:
+                raise spawn_error(err) from None
             return {"object": "log", "path": f"{hive}: the hive's output on its SSH session",
                     "lines": remote.output(lines)}  # fmt: skip
         try:
