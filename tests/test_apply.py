@@ -80,6 +80,22 @@ def test_apply_plans_converges_says_no_changes_and_stops_at_a_failure(
         assert [w["embeddings"] for w in now] == [False, False]
         assert all(w["state"] == "ready" for w in now)
 
+        # Settings the playbook states: workers started with others are replaced, then match.
+        playbook(2, extra="    ctx_size: 2048\n    max_queued: 3\n    cpu_repack: off\n")
+        status, out, err = apply()
+        assert status == 0, out + err
+        spawn = f"+ spawn {MODEL} on localhost (auto, auto, ctx_size 2048, max_queued 3, "
+        assert out.count(spawn + "cpu_repack off)") == 2, out
+        assert out.count("ctx_size 4096, the playbook wants 2048") == 2, out
+        now = workers(queen.url)
+        assert [(w["context_length"], w["max_queued"], w["cpu_repack"]) for w in now] == [
+            (2048, 3, "off"),
+            (2048, 3, "off"),
+        ]
+        assert all(w["state"] == "ready" for w in now)
+        status, out, _ = apply()
+        assert (status, out) == (0, f"no changes: 1 hive(s) and 2 worker(s) match {play}\n")
+
         # The first step that fails ends the apply; what was done and what was not is said.
         broken = f"  - model: {MODEL}\n    hives: localhost\n    embeddings: true\n"
         playbook(1, extra=broken + "    engine: exllamav2\n")

@@ -19,8 +19,9 @@ def book(*wants: Want, prune: bool = False, policies: tuple[Policy, ...] = ()) -
 
 
 def ready(worker_id: str, model: str = M, engine: str = "llamacpp", device: str = "cpu",
-          state: str = "ready") -> WorkerNow:  # fmt: skip
-    return WorkerNow(worker_id, model, engine, device, state)
+          state: str = "ready", repack: str = "auto", threads: int = 0) -> WorkerNow:  # fmt: skip
+    return WorkerNow(worker_id, model, engine, device, state, context_length=4096,
+                     threads=threads, cpu_repack=repack)  # fmt: skip
 
 
 def running(alias: str, *workers: WorkerNow, models: tuple[str, ...] = (M,)) -> HiveNow:
@@ -82,6 +83,22 @@ def test_a_fleet_that_matches_needs_nothing() -> None:
         (Want("h1", M, 1, "auto", "cuda:1"), [ready(f"{M}-1@h1", device="cuda:0")],
          [f"+ spawn {M} on h1 (auto, cuda:1)",
           f"- stop {M}-1@h1 ({M} on h1): device cuda:0, the playbook wants cuda:1"]),
+
+        # settings the playbook states: a worker started with others is replaced
+        (Want("h1", M, 1, settings=(("ctx_size", 8192),)), [ready(f"{M}-1@h1")],
+         [f"+ spawn {M} on h1 (auto, auto, ctx_size 8192)",
+          f"- stop {M}-1@h1 ({M} on h1): ctx_size 4096, the playbook wants 8192"]),
+        (Want("h1", M, 1, settings=(("ctx_size", 4096), ("max_queued", 8))),
+         [ready(f"{M}-1@h1")], []),
+        (Want("h1", M, 1, settings=(("max_queued", 2), ("threads", 4))), [ready(f"{M}-1@h1")],
+         [f"+ spawn {M} on h1 (auto, auto, max_queued 2, threads 4)",
+          f"- stop {M}-1@h1 ({M} on h1): max_queued 8, the playbook wants 2"]),
+        (Want("h1", M, 1, settings=(("cpu_repack", "off"),)), [ready(f"{M}-1@h1")],
+         [f"+ spawn {M} on h1 (auto, auto, cpu_repack off)",
+          f"- stop {M}-1@h1 ({M} on h1): cpu_repack auto, the playbook wants off"]),
+        # auto repacking and 0 threads leave the choice to rbee: any worker fits
+        (Want("h1", M, 1, settings=(("cpu_repack", "auto"), ("threads", 0))),
+         [ready(f"{M}-1@h1", repack="on", threads=2)], []),
     ],
 )  # fmt: skip
 def test_replicas_and_constraints(

@@ -93,6 +93,34 @@ def test_groups_expand_in_hives_conf_order_and_bring_their_defaults(
     assert book.prune is True
 
 
+def test_worker_settings_are_stated_per_entry(
+    tmp_path: Path, fleet: tuple[HivesConfig, Inventory]
+) -> None:
+    book = load_playbook(
+        write(
+            tmp_path / "play.yaml",
+            """
+            models:
+              - model: smollm2-135m
+                hives: [localhost]
+                ctx_size: 8192
+                threads: 4
+                max_queued: 2
+                cpu_repack: off
+              - model: qwen2.5-7b
+                hives: [localhost]
+            """,
+        ),
+        *fleet,
+    )
+    settings = {w.model: w.settings for w in book.wants}
+    assert settings == {
+        "smollm2-135m": (("ctx_size", 8192), ("threads", 4), ("max_queued", 2),
+                         ("cpu_repack", "off")),
+        "qwen2.5-7b": (),
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("text", "line", "message"),
     [
@@ -132,6 +160,16 @@ def test_groups_expand_in_hives_conf_order_and_bring_their_defaults(
         ("models:\n  - model: smollm2-135m\n    hives: gpus\n    model: other\n", 4,
          "'model' is given twice"),
         ("models:\n  - smollm2-135m\n", 2, "a models entry must be a mapping"),
+        ("models:\n  - model: smollm2-135m\n    hives: gpus\n    ctx_size: 32\n", 4,
+         "ctx_size must be 64 to 1048576, got 32"),
+        ("models:\n  - model: smollm2-135m\n    hives: gpus\n    threads: many\n", 4,
+         "threads must be a whole number"),
+        ("models:\n  - model: smollm2-135m\n    hives: gpus\n    max_queued: 5000\n", 4,
+         "max_queued must be 0 to 4096"),
+        ("models:\n  - model: smollm2-135m\n    hives: gpus\n    cpu_repack: 1\n", 4,
+         "cpu_repack must be a text"),
+        ("models:\n  - model: smollm2-135m\n    hives: gpus\n    cpu_repack: always\n", 4,
+         "cpu_repack must be one of auto, on, off, got 'always'"),
     ],
 )  # fmt: skip
 def test_mistakes_are_reported_with_their_line(

@@ -103,6 +103,8 @@ class WorkerInfo:
     cpu_repack: str = "auto"
     max_queued: int = 8
     """Requests it holds waiting behind the one it generates (its capacity is one more)."""
+    threads: int = 0
+    """The engine threads it was started with (0: as many as the machine has cores)."""
 
     @property
     def url(self) -> str | None:
@@ -191,7 +193,7 @@ def parse_worker_info(raw: Any) -> WorkerInfo:
     for name in ("id", "model", "engine", "device", "log_path"):
         if name in fields and not isinstance(fields[name], str):
             raise ValueError(f"worker field {name!r} must be a string")
-    for name in ("pid", "port", "exit_code", "restarts", "max_queued"):
+    for name in ("pid", "port", "exit_code", "restarts", "max_queued", "threads"):
         value = fields.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"worker field {name!r} must be an integer or null")

@@ -40,6 +40,10 @@ def read_fleet(client: QueenClient, playbook: Playbook, config: HivesConfig) -> 
                 str(w["device"]),
                 str(w["state"]),
                 bool(w.get("embeddings")),
+                int(w.get("context_length") or 0),
+                int(w.get("threads") or 0),
+                int(w.get("max_queued", 8)),
+                str(w.get("cpu_repack") or "auto"),
             )
         )
     not_started = [

@@ -9,9 +9,11 @@ Rules, per hive the playbook names:
 - a hive the queen has not started is started (`localhost` always runs); one where rbee is not
   installed, or another version is, is installed first;
 - workers of a model the playbook places there, with the same embeddings flag, "belong" to that
-  placement: one whose engine or device breaks the placement's constraint (`auto` allows any) is
-  replaced, and then as many are spawned or stopped as make `replicas` (a worker that is not
-  serving is stopped before a ready one; then the newest);
+  placement: one whose engine or device breaks the placement's constraint (`auto` allows any), or
+  that was started with other settings than the playbook states (ctx_size, threads, max_queued,
+  cpu_repack; `auto` and 0 threads allow any), is replaced, and then as many are spawned or
+  stopped as make `replicas` (a worker that is not serving is stopped before a ready one; then
+  the newest);
 - other workers there are left alone, unless the playbook says `prune: true`;
 - a model's idle TTL and autoload are set where they differ from the queen's.
 Hives the playbook does not name are never touched. A hive the queen started that does not run
@@ -55,6 +57,17 @@ class WorkerNow:
     device: str
     state: str
     embeddings: bool = False
+    context_length: int = 0
+    threads: int = 0
+    max_queued: int = 8
+    cpu_repack: str = "auto"
+
+    def setting(self, name: str) -> int | str:
+        """The value of one of a playbook's worker settings it was started with."""
+        values: dict[str, int | str] = {"ctx_size": self.context_length, "threads": self.threads,
+                                         "max_queued": self.max_queued,
+                                         "cpu_repack": self.cpu_repack}  # fmt: skip
+        return values[name]
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,8 @@ class Action:
     """The worker a stop stops."""
     why: str = ""
     policy: Policy | None = None
+    settings: tuple[tuple[str, int | str], ...] = ()
+    """A spawn's worker settings (the playbook's)."""
 
     @property
     def sign(self) -> str:
@@ -114,7 +129,9 @@ class Action:
             text = f"upload model {self.model} to {self.hive}"
         elif self.verb == "spawn":
             serves = ", embeddings" if self.embeddings else ""
-            text = f"spawn {self.model} on {self.hive} ({self.engine}, {self.device}{serves})"
+            stated = "".join(f", {name} {value}" for name, value in self.settings)
+            text = (f"spawn {self.model} on {self.hive} "
+                    f"({self.engine}, {self.device}{serves}{stated})")  # fmt: skip
         elif self.verb == "policy":
             assert self.policy is not None
             text = f"set {self.model}'s policy on the queen to {policy_text(self.policy)}"
@@ -145,6 +162,11 @@ def _fits(want: Want, worker: WorkerNow) -> str:
         return f"engine {worker.engine}, the playbook wants {want.engine}"
     if want.device not in ("auto", worker.device):
         return f"device {worker.device}, the playbook wants {want.device}"
+    for name, value in want.settings:
+        if value in ("auto", 0) and name in ("cpu_repack", "threads"):
+            continue  # rbee decides: any value fits
+        if worker.setting(name) != value:
+            return f"{name} {worker.setting(name)}, the playbook wants {value}"
     return ""
 
 
@@ -168,7 +190,8 @@ def _workers(want: Want, hive: HiveNow) -> tuple[list[Action], list[Action]]:
     missing = max(0, want.replicas - len(kept))
     spawns = [
         Action("spawn", hive.alias, want.model, want.engine, want.device, want.embeddings,
-               why=f"{len(kept) + i + 1} of {want.replicas}" if want.replicas > 1 else "")
+               why=f"{len(kept) + i + 1} of {want.replicas}" if want.replicas > 1 else "",
+               settings=want.settings)
         for i in range(missing)
     ]  # fmt: skip
     return spawns, stops

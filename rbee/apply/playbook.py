@@ -6,6 +6,10 @@
         replicas: 1                 # per hive (default 1)
         engine: auto                # else the group's default, else auto
         device: auto                # else the group's default, else auto
+        ctx_size: 8192              # the workers' settings, as `rbee worker spawn` takes them:
+        threads: 4                  #   ctx_size, threads (0: every core), max_queued and
+        max_queued: 8               #   cpu_repack (auto, on, off); unsaid: rbee's defaults
+        cpu_repack: auto
         idle_ttl: 900               # the model's policy on the queen (seconds; 0: never)
         autoload: true
     prune: false                    # true: stop workers on these hives of models not named here
@@ -23,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rbee.api.workers import REPACK_SETTINGS
 from rbee.config.hives import HivesConfig
 from rbee.config.inventory import Inventory
 from rbee.config.yamlfile import YNode, load_yaml
@@ -36,8 +41,11 @@ LOCAL = "localhost"
 
 ENGINES = ("auto", "llamacpp", "mlx", "exllamav2")
 _DEVICE = re.compile(r"auto|cpu|cuda:\d{1,2}|metal:0")
+_SETTINGS = {"ctx_size": (64, 1 << 20), "threads": (0, 1024), "max_queued": (0, 4096)}
+"""The workers' whole-number settings a playbook may state, with their bounds (as the queen's
+`POST /v1/workers` takes them)."""
 _ENTRY_KEYS = ("model", "hives", "replicas", "engine", "device", "embeddings", "idle_ttl",
-               "autoload")  # fmt: skip
+               "autoload", *_SETTINGS, "cpu_repack")  # fmt: skip
 MAX_REPLICAS = 64
 """More workers of one model on one machine than this is a typo, not a plan."""
 
@@ -54,6 +62,9 @@ class Want:
     embeddings: bool = False
     line: int = 0
     """The line of the entry that asks for it."""
+    settings: tuple[tuple[str, int | str], ...] = ()
+    """The worker settings the playbook states, by name (`ctx_size`, `threads`, `max_queued`,
+    `cpu_repack`); those it leaves out are rbee's defaults and constrain nothing."""
 
     @property
     def key(self) -> tuple[str, str, bool]:
@@ -128,6 +139,7 @@ def parse_playbook(doc: YNode, hives: HivesConfig, inventory: Inventory) -> Play
         engine = _engine(fields["engine"]) if "engine" in fields else None
         device = _device(fields["device"]) if "device" in fields else None
         embeddings = fields["embeddings"].boolean("embeddings") if "embeddings" in fields else False
+        settings = _settings(fields)
         for alias in _hives(fields["hives"], hives, inventory):
             defaults = _group_defaults(inventory, alias, fields["hives"])
             want = Want(
@@ -138,6 +150,7 @@ def parse_playbook(doc: YNode, hives: HivesConfig, inventory: Inventory) -> Play
                 device or defaults.get("device", "auto"),
                 embeddings,
                 entry.line,
+                settings,
             )
             if want.key in wants:
                 raise entry.error(
@@ -163,6 +176,25 @@ def _engine(node: YNode) -> str:
     if value not in ENGINES:
         raise node.error(f"engine must be one of {', '.join(ENGINES)}, got {value!r}")
     return value
+
+
+def _settings(fields: Mapping[str, YNode]) -> tuple[tuple[str, int | str], ...]:
+    """The worker settings an entry states, checked as the queen checks a spawn."""
+    found: list[tuple[str, int | str]] = [
+        (name, fields[name].integer(name, lo, hi))
+        for name, (lo, hi) in _SETTINGS.items()
+        if name in fields
+    ]
+    if "cpu_repack" in fields:
+        node = fields["cpu_repack"]
+        raw = None if node.is_mapping() or node.is_sequence() else node.scalar()
+        # YAML 1.1 reads a bare on/off as true/false: take them as the words they were.
+        value = ("on" if raw else "off") if isinstance(raw, bool) else node.text("cpu_repack")
+        if value not in REPACK_SETTINGS:
+            raise node.error(f"cpu_repack must be one of {', '.join(REPACK_SETTINGS)}, "
+                             f"got {value!r}")  # fmt: skip
+        found.append(("cpu_repack", value))
+    return tuple(found)
 
 
 def _device(node: YNode) -> str:

@@ -42,7 +42,7 @@ class Outcome:
 def _spawn_operation(action: Action) -> dict[str, Any]:
     return {"kind": "worker.spawn", "model": action.model, "hive": action.hive,
             "engine": action.engine, "device": action.device,
-            "embeddings": action.embeddings}  # fmt: skip
+            "embeddings": action.embeddings, **dict(action.settings)}  # fmt: skip
 
 
 def _stored(client: QueenClient, action: Action) -> bool:

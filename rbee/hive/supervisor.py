@@ -224,6 +224,7 @@ class Supervisor:
             id=worker_id, model=spec.model, engine=spec.engine, device=spec.device,
             state="starting", log_path=str(log_path), context_length=spec.ctx_size,
             embeddings=spec.embeddings, cpu_repack=spec.cpu_repack, max_queued=spec.max_queued,
+            threads=spec.threads,
         )  # fmt: skip
         worker = _Worker(spec=spec, info=info)
         self._workers[worker_id] = worker

@@ -71,7 +71,8 @@ class QueenWorkers:
                 spec = d.spec
                 info = WorkerInfo(id=d.id, model=spec.model, engine=spec.engine,
                                   device=spec.device, state="exited", context_length=spec.ctx_size,
-                                  embeddings=spec.embeddings)  # fmt: skip
+                                  embeddings=spec.embeddings, cpu_repack=spec.cpu_repack,
+                                  max_queued=spec.max_queued, threads=spec.threads)  # fmt: skip
                 listed.append({**self.worker_json(d.hive, info), "state": "parked"})
         return listed
 
