@@ -85,8 +85,10 @@ def test_apply_plans_converges_says_no_changes_and_stops_at_a_failure(
         status, out, err = apply()
         assert status == 0, out + err
         spawn = f"+ spawn {MODEL} on localhost (auto, auto, ctx_size 2048, max_queued 3, "
-        assert out.count(spawn + "cpu_repack off)") == 2, out
-        assert out.count("ctx_size 4096, the playbook wants 2048") == 2, out
+        for n in (1, 2):  # the replacements first, then the stops (the plan, then the run)
+            assert f"[{n}/4] {spawn}cpu_repack off): {n} of 2" in out, out
+            assert f"[{n + 2}/4] - stop {MODEL}-" in out, out
+        assert out.count("ctx_size 4096, the playbook wants 2048") == 4, out
         now = workers(queen.url)
         assert [(w["context_length"], w["max_queued"], w["cpu_repack"]) for w in now] == [
             (2048, 3, "off"),
