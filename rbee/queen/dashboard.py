@@ -375,7 +375,7 @@ def _live_stats(e: Endpoint, at: float) -> dict[str, Any] | None:
     """A worker's live figures as the queen counts them (None while it cannot be routed to):
     its requests in flight (one generates, the rest wait in its queue), those it answered in
     full, and the tokens relayed from it; `at`: when they were read."""
-    if e.info.state != "ready" or (e.hive != LOCAL_HIVE and e.forward_url is None):
+    if not e.routable:
         return None
     return {
         "queued": max(0, e.outstanding - 1),

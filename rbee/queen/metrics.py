@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from rbee.api.workers import WorkerState
-from rbee.queen.registry import LOCAL_HIVE, Endpoint, Registry
+from rbee.queen.registry import Endpoint, Registry
 
 __all__ = [
     "FleetCollector",
@@ -108,7 +108,7 @@ async def take_snapshot(registry: Registry, hives: Iterable[HiveView], health: H
 
     async def stats(e: Endpoint) -> Mapping[str, Any] | None:
         # Only a worker the relay could route to has an address to ask.
-        if e.info.state != "ready" or (e.hive != LOCAL_HIVE and e.forward_url is None):
+        if not e.routable:
             return None
         body = await health(e)
         found = body.get("stats") if body is not None else None

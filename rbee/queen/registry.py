@@ -64,6 +64,13 @@ class Endpoint:
         return 0.0 if self.outstanding else time.monotonic() - self.last_active
 
     @property
+    def routable(self) -> bool:
+        """Ready, and reachable from here (a remote worker once its forward is open)."""
+        return self.info.state == "ready" and (
+            self.hive == LOCAL_HIVE or self.forward_url is not None
+        )
+
+    @property
     def url(self) -> str:
         """The worker's base URL."""
         url = self.forward_url or self.info.url
@@ -133,11 +140,7 @@ class Registry:
 
     def ready(self, model: str, *, embeddings: bool = False) -> list[Endpoint]:
         """The workers ready to serve `model` for generation (or, with `embeddings`, for those)."""
-        return [
-            e
-            for e in self.of_model(model, embeddings=embeddings)
-            if e.info.state == "ready" and (e.hive == LOCAL_HIVE or e.forward_url is not None)
-        ]
+        return [e for e in self.of_model(model, embeddings=embeddings) if e.routable]
 
     def served_models(
         self, *, embeddings: bool | None = None, ready: bool = True
