@@ -63,8 +63,9 @@ def paths(tmp_path: Path, model_cache: Path) -> Paths:
 @pytest.fixture
 def idle(paths: Paths) -> Iterator[RunningQueen]:
     """A queen with no worker, whose workers are parked after 2 s without a request."""
-    # Keep-alive comments every 0.2 s: a load of the default model (about a second) gets some.
-    with running_queen(paths, "--idle-ttl", "2", "--keepalive", "0.2", models=()) as queen:
+    # Keep-alive comments every 0.05 s: a load of the default model (a few tenths of a second,
+    # from a standby) is sure to get some.
+    with running_queen(paths, "--idle-ttl", "2", "--keepalive", "0.05", models=()) as queen:
         yield queen
 
 

@@ -561,8 +561,9 @@ def test_mapped_answers_keep_the_trace_headers(
 def idle(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[RunningQueen]:
     """A queen with the model stored and no worker, whose workers are parked after 2 s idle."""
     paths = make_paths(tmp_path_factory.mktemp("shapes-idle"), model_cache)
-    # Keep-alive comments every 0.2 s: a load of the default model (about a second) gets some.
-    with running_queen(paths, "--idle-ttl", "2", "--keepalive", "0.2", models=()) as queen:
+    # Keep-alive comments every 0.05 s: a load of the default model (a few tenths of a second,
+    # from a standby) is sure to get some.
+    with running_queen(paths, "--idle-ttl", "2", "--keepalive", "0.05", models=()) as queen:
         yield queen
 
 

@@ -228,6 +228,9 @@ class WaitingStream(ClosingStreamingResponse):
         super().__init__(self._body(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
     async def _body(self) -> AsyncIterator[bytes]:
+        # The stream waited a keep-alive period for its worker already: say at once that a load
+        # is under way (even if it ends before this body runs), then keep saying it.
+        yield f": loading {self._model}\n\n".encode()
         while not self._answer.done():
             await asyncio.wait({self._answer}, timeout=self._every)
             if not self._answer.done():
