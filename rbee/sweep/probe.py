@@ -1,11 +1,12 @@
 """Everything a sweep needs from one hive, read by one POSIX sh script in one round trip.
 
 Like `rbee hive status` (rbee.ssh.facts), the script uses only sh and a few standard programs
-(df, ps, awk, sed, nvidia-smi where there is one), so a sweep starts no Python on the hive. It
-prints `key value` lines: where rbee is installed and its version (installed.json), free disk in
-the install and model dirs, RAM, the hive's rbee processes (`rbee hive run --name ALIAS` and
-workers started with the hive's data dir, with their parent's command name so an orphan can be
-told from a process an SSH session holds), and each GPU with the processes using its memory.
+(df, awk, sed; ps where there is no /proc; nvidia-smi where there is one), so a sweep starts no
+Python on the hive. It prints `key value` lines: where rbee is installed and its version
+(installed.json), free disk in the install and model dirs, RAM, the hive's rbee processes
+(`rbee hive run --name ALIAS` and workers started with the hive's data dir, with their parent's
+command name so an orphan can be told from a process an SSH session holds), and each GPU with
+the processes using its memory.
 
 Test hives share one process table (network namespaces only), so a hive process counts as this
 hive's only if its HOME is this session's HOME, where /proc says so.
@@ -23,8 +24,9 @@ from rbee.ssh.connection import HiveConnection
 __all__ = ["HIVE_SCRIPT", "Gpu", "GpuApp", "HiveProbe", "Proc", "parse_probe", "probe_hive"]
 
 # `sh -c HIVE_SCRIPT rbee-sweep ALIAS INSTALL_DIR`. A folder not made yet is measured at its
-# nearest existing parent (where it will be made). Memory is Linux's MemAvailable. Three
-# programs only (df, ps, awk: the rest is sh builtins), as a sweep runs it on every hive at once.
+# nearest existing parent (where it will be made). Memory is Linux's MemAvailable. Two programs
+# only on Linux (df, awk; ps too elsewhere: the rest is sh builtins), as a sweep runs it on every
+# hive at once.
 # The user's processes are those of the uid ps gives this very shell.
 HIVE_SCRIPT = r"""
 alias=$1 install=$2
@@ -74,25 +76,23 @@ if [ -r /proc/meminfo ]; then
         esac
     done < /proc/meminfo
 fi
-ps -A -o pid= -o ppid= -o uid= -o rss= -o comm= -o args= 2>/dev/null | awk \
-    -v alias="$alias" -v data="$data" -v self="$$" '
-    { n++; line[n] = $0; comm[$1] = $5; if ($1 == self) me = $3 }
-    END {
-        for (i = 1; i <= n; i++) {
-            split(line[i], f, " ")
-            if (f[3] != me || f[1] == self || f[2] == self) continue
-            args = line[i]
-            for (k = 1; k <= 5; k++) sub(/^[ \t]*[^ \t]+/, "", args)
-            sub(/^[ \t]+/, "", args)
-            a = " " args " "
-            kind = ""
-            if (index(a, " hive run ") && index(a, " --name " alias " ")) kind = "hive"
-            else if (index(a, " --data-dir " data " worker ")) kind = "worker"
-            if (kind == "") continue
-            parent = (f[2] in comm) ? comm[f[2]] : "-"
-            print "proc " kind " " f[1] " " f[2] " " f[4] " " parent " " args
-            if (kind == "hive") hives[f[1]] = 1
-        }
+# The user's rbee processes (not this shell nor its children), then the HOME of each hive
+# process. Where there is /proc (Linux) one awk reads it: every command line, and the status of
+# rbee's processes only (ps would read three files of every process on the machine, as many
+# times as hives share it in tests). Elsewhere (macOS) ps lists them, the same lines.
+# `rbee_proc KIND PID PPID UID RSS_KIB COMM ARGS` is each candidate; `homes` the end.
+select='
+    function candidate(pid, ppid, uid, rss, args,    a, kind) {
+        if (uid != me || pid == self || ppid == self) return
+        a = " " args " "
+        kind = ""
+        if (index(a, " hive run ") && index(a, " --name " alias " ")) kind = "hive"
+        else if (index(a, " --data-dir " data " worker ")) kind = "worker"
+        if (kind == "") return
+        print "proc " kind " " pid " " ppid " " rss " " parent(ppid) " " args
+        if (kind == "hive") hives[pid] = 1
+    }
+    function homes(    pid, file, entry) {
         RS = "\0"
         for (pid in hives) {
             file = "/proc/" pid "/environ"
@@ -100,7 +100,61 @@ ps -A -o pid= -o ppid= -o uid= -o rss= -o comm= -o args= 2>/dev/null | awk \
                 if (entry ~ /^HOME=/) print "home_of " pid " " substr(entry, 6)
             close(file)
         }
+    }
+'
+if [ -r /proc/self/status ]; then
+    set +f
+    awk -v alias="$alias" -v data="$data" -v self="$$" "$select"'
+    function status(pid, key,    file, line, f, found) {
+        file = "/proc/" pid "/status"
+        RS = "\n"
+        found = ""
+        while ((getline line < file) > 0) {
+            split(line, f, /[ \t]+/)
+            if (f[1] == key) { found = (key == "Uid:") ? f[3] : f[2]; break }
+        }
+        close(file)
+        return found
+    }
+    function parent(pid,    name) {
+        name = status(pid, "Name:")
+        return name == "" ? "-" : name
+    }
+    BEGIN {
+        me = status(self, "Uid:")
+        for (i = 1; i < ARGC; i++) {
+            pid = substr(ARGV[i], 7)
+            file = ARGV[i] "/cmdline"
+            RS = "\0"
+            args = ""
+            n = 0
+            while ((getline part < file) > 0) args = (n++ ? args " " : "") part
+            close(file)
+            a = " " args " "
+            if (!index(a, " hive run ") && !index(a, " worker ")) continue
+            rss = status(pid, "VmRSS:")
+            candidate(pid, status(pid, "PPid:"), status(pid, "Uid:"), rss == "" ? 0 : rss, args)
+        }
+        homes()
+        exit
+    }' /proc/[0-9]*
+    set -f
+else
+    ps -A -o pid= -o ppid= -o uid= -o rss= -o comm= -o args= 2>/dev/null | awk \
+        -v alias="$alias" -v data="$data" -v self="$$" "$select"'
+    function parent(pid) { return (pid in comm) ? comm[pid] : "-" }
+    { n++; line[n] = $0; comm[$1] = $5; if ($1 == self) me = $3 }
+    END {
+        for (i = 1; i <= n; i++) {
+            split(line[i], f, " ")
+            args = line[i]
+            for (k = 1; k <= 5; k++) sub(/^[ \t]*[^ \t]+/, "", args)
+            sub(/^[ \t]+/, "", args)
+            candidate(f[1], f[2], f[3], f[4], args)
+        }
+        homes()
     }'
+fi
 if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=index,uuid,memory.total,memory.free --format=csv,noheader,nounits \
         2>/dev/null | sed 's/^/gpu /'
