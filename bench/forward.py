@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 from benchdoc import DOC, run_main, write_section  # noqa: E402
 
 from rbee.config.hives import load_hives  # noqa: E402
-from rbee.net import run_event_loop  # noqa: E402
+from rbee.serve import run_event_loop  # noqa: E402
 from rbee.ssh.connection import HiveConnection  # noqa: E402
 from tests.hives import TestHive, cleanup_stale, test_hives, unavailable_reason  # noqa: E402
 

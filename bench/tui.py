@@ -57,10 +57,11 @@ from starlette.routing import Route
 from rbee.api.workers import WorkerInfo
 from rbee.config.limits import DEFAULT_LIMITS
 from rbee.config.settings import Paths
-from rbee.net import bind_tcp, run_event_loop, uvicorn_server
+from rbee.net import bind_tcp
 from rbee.queen.app import create_app
 from rbee.queen.registry import LOCAL_HIVE
 from rbee.queen.service import Queen, QueenOptions
+from rbee.serve import run_event_loop, uvicorn_server
 from rbee.tui.app import RbeeApp
 from rbee.tui.client import AsyncQueenClient
 

@@ -27,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from rbee.net import bind_tcp, uvicorn_server
+from rbee.net import bind_tcp
+from rbee.serve import uvicorn_server
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _CHUNK = 1 << 20

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 
-from rbee.net import bind_tcp, uvicorn_server
+from rbee.net import bind_tcp
+from rbee.serve import uvicorn_server
 
 TIMEOUT = httpx.Timeout(60, connect=5)
 

@@ -31,9 +31,10 @@ from rbee.api.jobs import (
 from rbee.api.workers import WorkerSpec
 from rbee.cli import jobs as cli_jobs
 from rbee.errors import ApiError, JobFailedError, RbeeError
-from rbee.net import bind_tcp, uvicorn_server
+from rbee.net import bind_tcp
 from rbee.queen import jobs_routes
 from rbee.queen.jobs import JobManager, Progress, Runner
+from rbee.serve import uvicorn_server
 from tests.http import TIMEOUT
 
 

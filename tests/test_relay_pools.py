@@ -20,9 +20,10 @@ from starlette.routing import Route
 
 from rbee.api.workers import WorkerInfo
 from rbee.config.settings import Timeouts
-from rbee.net import bind_tcp, uvicorn_server
+from rbee.net import bind_tcp
 from rbee.queen.registry import Registry
 from rbee.queen.relay import RELAYED_PER_HIVE, Relay
+from rbee.serve import uvicorn_server
 
 
 class FakeWorker:

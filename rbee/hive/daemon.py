@@ -33,7 +33,8 @@ from rbee.config.hive_keys import DEFAULT_HIVE_PORT
 from rbee.config.settings import Paths, Timeouts
 from rbee.hive.app import create_app
 from rbee.hive.service import HiveService
-from rbee.net import Server, bind_tcp, run_event_loop, uvicorn_server
+from rbee.net import bind_tcp
+from rbee.serve import Server, run_event_loop, uvicorn_server
 
 __all__ = ["HiveOptions", "run_hive"]
 

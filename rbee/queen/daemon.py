@@ -31,11 +31,12 @@ from rbee.config.limits import Limits
 from rbee.config.settings import Paths, Timeouts
 from rbee.errors import ConfigError, QueenError, QueenNotRunningError
 from rbee.fsutil import atomic_write_text, open_private_log
-from rbee.net import bind_tcp, is_loopback, run_event_loop, uvicorn_server
+from rbee.net import bind_tcp, is_loopback
 from rbee.proc import pid_alive
 from rbee.queen.app import create_app
 from rbee.queen.record import QueenRecord, read_record, record_path
 from rbee.queen.service import Queen, QueenOptions
+from rbee.serve import run_event_loop, uvicorn_server
 
 __all__ = [
     "QueenRecord",

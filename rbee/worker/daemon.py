@@ -28,7 +28,7 @@ from rbee.engines.select import AUTO, engine_formats
 from rbee.errors import ModelError
 from rbee.facts import local_facts
 from rbee.models.store import ModelStore
-from rbee.net import bind_tcp, run_event_loop, uvicorn_server
+from rbee.net import bind_tcp
 from rbee.placement import model_formats, place
 from rbee.proc import (
     arm_parent_death_signal,
@@ -36,6 +36,7 @@ from rbee.proc import (
     set_process_name,
     watch_lifeline,
 )
+from rbee.serve import run_event_loop, uvicorn_server
 from rbee.worker.app import create_app
 from rbee.worker.runner import Admission, EngineRunner
 from rbee.worker.warmup import warm_up
