@@ -16,9 +16,12 @@ What is measured
                       (the way to run a custom check with Ansible ad hoc), with ansible-core's
                       default settings otherwise, a fresh ControlPath dir per run (cold), host
                       key checking on, forks = N
+      floor           the rbee sweep command with the hive script replaced by two `echo`s:
+                      what is left (Python, asyncssh, the handshakes, sshd's side included,
+                      all on this machine's cores) bounds how fast any sweep could be here
     A run counts only if every hive answered (rbee: `reachable` true for every hive in the
     JSON; Ansible: exit 0 and CHANGED for every host); a failed run is reported, not timed.
-    Runs are interleaved (rbee, then Ansible) so drift on a shared machine hits both alike,
+    Runs are interleaved (rbee, Ansible, floor) so drift on a shared machine hits all alike,
     each after the machine has settled (bench/fanout.py's `settle`).
 
 Needs root, ip netns, OpenSSH sshd and ansible-core (the `bench` extra). Run
@@ -74,11 +77,24 @@ class Results:
         self.times.setdefault((tool, n), []).append(seconds)
 
 
-def rbee_run(hive_set: HiveSet, n: int, work: Path) -> tuple[float, float]:
+# The floor: the same `rbee sweep`, with the hive script replaced by one that reads nothing and
+# prints the two lines the parser needs. What is left is Python's start, asyncssh, sshd's side of
+# each connection and the report: what no script could make faster.
+FLOOR = """
+import sys
+import rbee.sweep.probe
+rbee.sweep.probe.HIVE_SCRIPT = 'echo "home $HOME"; echo "install_dir $2"'
+from rbee.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def rbee_run(hive_set: HiveSet, n: int, work: Path, *, floor: bool = False) -> tuple[float, float]:
     """One cold `rbee sweep` over the first n hives: its wall time, and the sweep's own time
     in it (the JSON's `seconds`: from the queen's check to the last hive's findings)."""
     aliases = [h.alias for h in hive_set.hives[:n]]
-    argv = [str(RBEE), "--data-dir", str(work / "data"), "--config-dir", str(work / "config"),
+    command = [sys.executable, "-c", FLOOR] if floor else [str(RBEE)]
+    argv = [*command, "--data-dir", str(work / "data"), "--config-dir", str(work / "config"),
             "--hives", str(hive_set.config), "sweep", "--json", "--state-dir",
             str(work / f"state-{n}"), "--timeout", "60"]  # fmt: skip
     for alias in aliases:
@@ -129,13 +145,17 @@ def cell(values: list[float] | None) -> str:
 
 def table(results: Results, runs: int) -> str:
     rows = ["| hives | rbee sweep (cold) | of which the sweep itself | ansible -m script (cold) "
-            "| Ansible / rbee |", "|---:|---:|---:|---:|---:|"]  # fmt: skip
+            "| Ansible / rbee | floor: rbee sweep, script reading nothing | Ansible / floor |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for n in SIZES:
         r, a = results.times.get(("rbee", n)), results.times.get(("ansible", n))
-        mr, ma = median(r), median(a)
+        f = results.times.get(("floor", n))
+        mr, ma, mf = median(r), median(a), median(f)
         ratio = f"{ma / mr:.1f}x" if mr and ma else "n/a"
+        floor_ratio = f"{ma / mf:.1f}x" if mf and ma else "n/a"
         inner = cell(results.times.get(("rbee_inner", n)))
-        rows.append(f"| {n} | {cell(r)} | {inner} | {cell(a)} | {ratio} |")
+        rows.append(f"| {n} | {cell(r)} | {inner} | {cell(a)} | {ratio} | {cell(f)} "
+                    f"| {floor_ratio} |")  # fmt: skip
     r50, a50 = median(results.times.get(("rbee", 50))), median(results.times.get(("ansible", 50)))
     time_met = r50 is not None and r50 <= GOAL_SECONDS
     ratio_met = r50 is not None and a50 is not None and a50 / r50 >= GOAL_RATIO
@@ -155,7 +175,11 @@ def table(results: Results, runs: int) -> str:
         f"per run). The machine's busy cores when runs started (median): {busy} of "
         f'{os.cpu_count()}; load average (1 min): {load}. "Of which the sweep itself" is the '
         "JSON's `seconds` (queen check, every hive, the checks): the rest of the rbee column is "
-        "the `rbee` process's start-up (Python, asyncssh's import) and its exit.",
+        "the `rbee` process's start-up (Python, asyncssh's import) and its exit. The floor is "
+        "the same command with the hive script replaced by two `echo`s: Python's start, "
+        "asyncssh, the SSH handshakes (sshd's side of them on the same 2 cores, as every hive "
+        "here shares this machine) and the report, which no script can make faster; Ansible "
+        "over the floor is the most any sweep could gain here.",
         "",
         *rows,
         "",
@@ -191,12 +215,14 @@ def main() -> int:
                 for n in SIZES:
                     expected = {h.alias for h in hive_set.hives[:n]}
                     for run in range(args.runs):
-                        for tool in ("rbee", "ansible"):
+                        for tool in ("rbee", "ansible", "floor"):
                             results.busy.append(asyncio.run(settle()))
                             try:
                                 if tool == "rbee":
                                     took, inner = rbee_run(hive_set, n, work)
                                     results.add("rbee_inner", n, inner)
+                                elif tool == "floor":
+                                    took, _ = rbee_run(hive_set, n, work, floor=True)
                                 else:
                                     took = ansible_run(setup, script, n, expected)
                             except (fanout.RunFailed, subprocess.TimeoutExpired) as err:
