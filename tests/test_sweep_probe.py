@@ -5,6 +5,7 @@ another user's, not the script's own."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rbee.sweep.probe import HIVE_SCRIPT, HiveProbe, parse_probe
+from rbee.sweep.probe import HIVE_SCRIPT, HiveProbe, Proc, parse_probe
 
 LINUX_TEST = "[ -r /proc/self/status ]"
 PS_SCRIPT = HIVE_SCRIPT.replace(LINUX_TEST, "false")
@@ -57,6 +58,10 @@ def processes(tmp_path: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
             proc.wait()
 
 
+def pid(proc: Proc) -> int:
+    return proc.pid
+
+
 def probe(script: str, tmp_path: Path) -> HiveProbe:
     done = subprocess.run(
         ["sh", "-c", script, "rbee-sweep", "hx", str(tmp_path / "install")],
@@ -74,7 +79,19 @@ def test_proc_and_ps_find_the_same_processes(
 ) -> None:
     from_proc = probe(HIVE_SCRIPT, tmp_path)
     from_ps = probe(PS_SCRIPT, tmp_path)
-    assert from_proc == from_ps
+    # /proc's glob is in text order, ps's in pid order.
+    from_proc = dataclasses.replace(from_proc, procs=tuple(sorted(from_proc.procs, key=pid)))
+    from_ps = dataclasses.replace(from_ps, procs=tuple(sorted(from_ps.procs, key=pid)))
+    # The same processes, fields and homes; RSS and free memory are read at different moments.
+    assert [dataclasses.replace(p, rss=0) for p in from_proc.procs] == [
+        dataclasses.replace(p, rss=0) for p in from_ps.procs
+    ]
+    for a, b in zip(from_proc.procs, from_ps.procs, strict=True):
+        assert abs(a.rss - b.rss) <= a.rss // 10
+    assert from_proc.homes == from_ps.homes
+    assert dataclasses.replace(from_proc, procs=(), mem_available=0, disk_install=None,
+                               disk_models=None) == dataclasses.replace(
+        from_ps, procs=(), mem_available=0, disk_install=None, disk_models=None)  # fmt: skip
     found = {p.pid: p for p in from_proc.procs}
     hive, worker = processes["hive"], processes["worker"]
     assert set(found) == {hive.pid, worker.pid}
