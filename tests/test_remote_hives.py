@@ -10,6 +10,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,3 +258,49 @@ def test_a_hive_that_may_load_on_demand_keeps_a_standby_worker(
         queen.proc.send_signal(signal.SIGKILL)
         queen.proc.wait(10)
         wait_until(lambda: rbee_pids_in(hive) == [], 5, "hive1 to empty, standby included")
+
+
+def test_a_request_loads_a_model_only_a_remote_hive_stores_there_once(
+    two_hives: HiveSet, tmp_path: Path, model_cache: Path
+) -> None:
+    # The model's own table allows remote loads. Once hive1 stores it (uploaded by a first
+    # spawn, stopped since) and this machine no longer does, two requests at once start one
+    # worker, on hive1, and both are answered by it.
+    paths = make_paths(tmp_path, model_cache)
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    (paths.config_dir / "rbee.toml").write_text(f'[models."{MODEL}"]\nautoload = true\n')
+    with queen_for(two_hives, paths) as queen:
+        assert "hive hive1 running" in cli(queen, "hive", "start", "hive1")
+        assert "ready" in cli(queen, "worker", "spawn", "--model", MODEL, "--hive", "hive1")
+        (first,) = queen.workers()
+        cli(queen, "worker", "stop", first["id"])
+        assert queen.workers() == []
+        (paths.models_dir / MODEL).unlink()  # the link to the shared store: this machine's copy
+        hives: list[str] = []
+        errors: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                with openai.OpenAI(base_url=queen.base_url, api_key="x", max_retries=0,
+                                   timeout=300) as client:  # fmt: skip
+                    raw = client.chat.completions.with_raw_response.create(
+                        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+                    )
+                assert raw.parse().choices[0].message.content
+                hives.append(raw.headers["x-rbee-hive"])
+                assert "x-rbee-load-ms" in raw.headers
+            except BaseException as err:
+                errors.append(err)
+
+        askers = [threading.Thread(target=ask) for _ in range(2)]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join(300)
+        assert errors == []
+        assert hives == ["hive1", "hive1"]
+        (worker,) = queen.workers()
+        assert worker["hive"] == "hive1"
+        assert worker["pid"] != first["pid"]  # a new worker (its id may be the first one's again)
+        log = (paths.data_dir / "test-queen.log").read_text()
+        assert log.count(f"loaded {MODEL} on hive hive1") == 1
