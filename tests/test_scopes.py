@@ -3,7 +3,8 @@ queen serving the real model to keys with different scopes and limits."""
 
 from __future__ import annotations
 
-import threading
+import select
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,45 +207,71 @@ def test_a_key_over_its_rate_gets_429_with_retry_after(
         client.models.list()
 
 
+class HeldRequest:
+    """A chat request held open by its own client: headers and half the body sent on a plain
+    socket, the rest when the test says. In flight for as long as the test needs, however fast
+    the model is; and an answer the queen sends early (a refusal) can be seen at once."""
+
+    FIRST = b'{"model": "%s", ' % MODEL.encode()
+    REST = b'"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}'
+
+    def __init__(self, base_url: str, key: str) -> None:
+        url = httpx.URL(base_url)
+        assert url.port is not None
+        self.sock = socket.create_connection((url.host, url.port), timeout=60)
+        head = (f"POST {url.path}/chat/completions HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+                f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(self.FIRST) + len(self.REST)}\r\n\r\n")  # fmt: skip
+        self.sock.sendall(head.encode() + self.FIRST)
+
+    def answered(self) -> bool:
+        """True once the queen has sent anything back (or closed the connection)."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable)
+
+    def finish(self) -> int:
+        """Send the rest of the body; the answer's status."""
+        self.sock.sendall(self.REST)
+        status_line = self.sock.makefile("rb").readline()
+        return int(status_line.split()[1])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @pytest.mark.slow
 def test_a_key_over_its_concurrency_gets_429_until_its_request_ends(
     keyed: tuple[RunningQueen, dict[str, str]],
 ) -> None:
     q, keys = keyed
     single = _bearer(keys["single"])
-    # A request held open by its own client (the body comes in two parts, the second when the
-    # test says): in flight for as long as the test needs, however fast the model is.
-    release = threading.Event()
-    answers: list[httpx.Response] = []
+    refused: list[httpx.Response] = []
 
-    def body() -> Iterator[bytes]:
-        yield b'{"model": "%s", ' % MODEL.encode()
-        release.wait(60)
-        yield b'"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}'
+    def second_refused() -> bool:
+        r = http.get(f"{q.base_url}/models", headers=single)
+        refused[:] = [r]
+        return r.status_code == 429
 
-    def held() -> None:
-        url = f"{q.base_url}/chat/completions"
-        answers.append(http.post(url, headers=single, content=body()))
-
-    thread = threading.Thread(target=held)
-    thread.start()
+    # The held request must be the one in flight: if a probe reached the queen first, the held
+    # one is refused at once (its answer comes before its body is done), and it is tried again.
+    for _ in range(5):
+        held = HeldRequest(q.base_url, keys["single"])
+        wait_until(lambda held=held: held.answered() or second_refused(), 60,
+                   "a second request to be refused, or the held one answered")  # fmt: skip
+        if not held.answered():
+            break
+        held.close()
+        wait_until(lambda: not second_refused(), 10, "the key free again")
+    else:
+        pytest.fail("the held request was refused in each of 5 tries")
     try:
-        refused: list[httpx.Response] = []
-
-        def second_refused() -> bool:
-            r = http.get(f"{q.base_url}/models", headers=single)
-            refused[:] = [r]
-            return r.status_code == 429
-
-        # (Or until the held request ends, which it must not before it is released.)
-        wait_until(lambda: second_refused() or answers, 60, "a second request to be refused")
-        assert not answers, f"the held request ended early: {answers[0].text}"
         assert refused[0].headers["retry-after"] == "1"
         assert "in flight" in refused[0].json()["error"]["message"]
         # Another key is not held back.
         assert http.get(f"{q.base_url}/models", headers=_bearer(keys["chat"])).status_code == 200
+        assert not held.answered()  # still in flight
+        assert held.finish() == 200
     finally:
-        release.set()
-        thread.join(120)
-    assert [a.status_code for a in answers] == [200]
-    assert http.get(f"{q.base_url}/models", headers=single).status_code == 200
+        held.close()
+    wait_until(lambda: not second_refused(), 10, "the key free once the request ended")
+    assert refused[0].status_code == 200
