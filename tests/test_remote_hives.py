@@ -231,14 +231,20 @@ def waiting_standbys_in(hive: TestHive) -> list[int]:
     return found
 
 
+def remote_autoload_paths(tmp_path: Path, model_cache: Path) -> Paths:
+    """Fresh dirs whose rbee.toml lets MODEL load on demand on remote hives too."""
+    paths = make_paths(tmp_path, model_cache)
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    (paths.config_dir / "rbee.toml").write_text(f'[models."{MODEL}"]\nautoload = true\n')
+    return paths
+
+
 def test_a_hive_that_may_load_on_demand_keeps_a_standby_worker(
     two_hives: HiveSet, tmp_path: Path, model_cache: Path
 ) -> None:
     # A model whose own table allows loads on remote hives: those hives keep a standby worker,
     # started with the hive over SSH, and the next worker there is that process.
-    paths = make_paths(tmp_path, model_cache)
-    paths.config_dir.mkdir(parents=True, exist_ok=True)
-    (paths.config_dir / "rbee.toml").write_text(f'[models."{MODEL}"]\nautoload = true\n')
+    paths = remote_autoload_paths(tmp_path, model_cache)
     hive = two_hives["hive1"]
     with queen_for(two_hives, paths) as queen:
         assert "hive hive1 running" in cli(queen, "hive", "start", "hive1")
@@ -266,9 +272,7 @@ def test_a_request_loads_a_model_only_a_remote_hive_stores_there_once(
     # The model's own table allows remote loads. Once hive1 stores it (uploaded by a first
     # spawn, stopped since) and this machine no longer does, two requests at once start one
     # worker, on hive1, and both are answered by it.
-    paths = make_paths(tmp_path, model_cache)
-    paths.config_dir.mkdir(parents=True, exist_ok=True)
-    (paths.config_dir / "rbee.toml").write_text(f'[models."{MODEL}"]\nautoload = true\n')
+    paths = remote_autoload_paths(tmp_path, model_cache)
     with queen_for(two_hives, paths) as queen:
         assert "hive hive1 running" in cli(queen, "hive", "start", "hive1")
         assert "ready" in cli(queen, "worker", "spawn", "--model", MODEL, "--hive", "hive1")

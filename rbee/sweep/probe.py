@@ -105,23 +105,23 @@ select='
 if [ -r /proc/self/status ]; then
     set +f
     awk -v alias="$alias" -v data="$data" -v self="$$" "$select"'
-    function status(pid, key,    file, line, f, found) {
+    function status(pid,    file, line, f) {  # fills st[] from one read of the status file
+        split("", st)
         file = "/proc/" pid "/status"
         RS = "\n"
-        found = ""
         while ((getline line < file) > 0) {
             split(line, f, /[ \t]+/)
-            if (f[1] == key) { found = (key == "Uid:") ? f[3] : f[2]; break }
+            st[f[1]] = (f[1] == "Uid:") ? f[3] : f[2]  # Uid: real, effective: the effective
         }
         close(file)
-        return found
     }
-    function parent(pid,    name) {
-        name = status(pid, "Name:")
-        return name == "" ? "-" : name
+    function parent(pid) {
+        status(pid)
+        return ("Name:" in st) ? st["Name:"] : "-"
     }
     BEGIN {
-        me = status(self, "Uid:")
+        status(self)
+        me = st["Uid:"]
         for (i = 1; i < ARGC; i++) {
             pid = substr(ARGV[i], 7)
             file = ARGV[i] "/cmdline"
@@ -132,8 +132,9 @@ if [ -r /proc/self/status ]; then
             close(file)
             a = " " args " "
             if (!index(a, " hive run ") && !index(a, " worker ")) continue
-            rss = status(pid, "VmRSS:")
-            candidate(pid, status(pid, "PPid:"), status(pid, "Uid:"), rss == "" ? 0 : rss, args)
+            status(pid)
+            rss = ("VmRSS:" in st) ? st["VmRSS:"] : 0
+            candidate(pid, st["PPid:"], st["Uid:"], rss, args)
         }
         homes()
         exit
